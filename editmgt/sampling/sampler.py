@@ -1,0 +1,136 @@
+"""One MaskGIT decoding step with region-hold and per-sample randomness.
+
+``MaskGITSampler.step`` is a pure function of its arguments: it samples every position
+from the (already guided) logits, keeps known tokens, reverts low-score positions to
+the source tokens (region-hold, EditMGT section 3.2), and masks the least confident
+of the newly sampled tokens again (all but the last step). Each sample draws its own
+noise from its own ``torch.Generator``, one small draw per step, so a batch gives the
+same tokens as its samples run one by one. Nothing is synced to the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from editmgt.errors import InputError
+from editmgt.sampling.schedule import SCHEDULES, remask_count
+
+_TINY = 1e-20
+
+
+@dataclass
+class StepOutput:
+    """What one step produced; every tensor is (B, L) on the logits' device."""
+
+    tokens: Tensor          # int64, next canvas (mask id where re-masked)
+    predicted: Tensor       # int64, full prediction after known tokens and hold
+    held: Tensor            # bool, positions set to the source token this step
+    remasked: Tensor        # bool, positions masked again for the next step
+    confidence: Tensor      # float32, log p(predicted token) (no noise)
+    sampled: Tensor         # int64, raw draw from the model before keep / hold
+    unknown: Tensor         # bool, positions that were masked when the step began
+    num_remasked: Tensor    # int64 (B,), re-mask count asked of the schedule
+
+
+def _gumbel(uniform: Tensor) -> Tensor:
+    """Gumbel(0, 1) noise from uniform draws in [0, 1), same shape."""
+    return -torch.log((-torch.log(uniform.clamp(_TINY))).clamp(_TINY))
+
+
+class MaskGITSampler:
+    """MaskGIT step (Chang et al. 2022) as used by Meissonic / EditMGT.
+
+    mask_token_id: id of the mask token in the canvas.
+    schedule: mask schedule name from :mod:`editmgt.sampling.schedule`.
+    """
+
+    def __init__(self, mask_token_id: int, schedule: str = "cosine") -> None:
+        if schedule not in SCHEDULES:
+            raise InputError(f"unknown mask schedule {schedule!r}; expected one of {SCHEDULES}")
+        self.mask_token_id = int(mask_token_id)
+        self.schedule = schedule
+
+    def _noise(self, generators: Sequence[torch.Generator], batch: int, length: int,
+                device: torch.device) -> Tensor:
+        """(B, 2, L) uniform [0, 1): row 0 picks tokens, row 1 feeds the Gumbel noise."""
+        if len(generators) != batch:
+            raise InputError(f"need one generator per sample: got {len(generators)} for B={batch}")
+        draws = [torch.rand((2, length), generator=g, device=g.device, dtype=torch.float32)
+                 for g in generators]
+        return torch.stack([d.to(device, non_blocking=True) for d in draws])
+
+    def step(self, logits: Tensor, tokens: Tensor, step_index: int, num_steps: int,
+             temperature: Union[float, Tensor], generators: Sequence[torch.Generator],
+             start_ratio: Optional[Tensor] = None, hold_scores: Optional[Tensor] = None,
+             hold_lambda: Optional[Tensor] = None,
+             source_tokens: Optional[Tensor] = None) -> StepOutput:
+        """Advance the canvas by one step.
+
+        logits: (B, L, V) guided logits (any float dtype; softmax runs in float32).
+        tokens: (B, L) int64 canvas; mask id marks unknown positions.
+        temperature: float or (B,) / 0-dim tensor, Gumbel noise scale for re-masking.
+        generators: B generators, one per sample.
+        start_ratio: (B,) masked fraction at the start (None = 1, a full edit).
+        hold_scores: (B, L) localisation scores; hold_lambda: (B,) thresholds;
+        source_tokens: (B, L) ids taken where a newly sampled position scores below lambda
+        (every such position when lambda >= 1, none when lambda <= 0).
+        """
+        if logits.ndim != 3 or tokens.shape != logits.shape[:2]:
+            raise InputError(f"expected logits (B, L, V) and tokens (B, L); got "
+                             f"{tuple(logits.shape)} and {tuple(tokens.shape)}")
+        batch, length, _ = logits.shape
+        device = logits.device
+        tokens = tokens.to(device)
+        unknown = tokens == self.mask_token_id                               # (B, L)
+
+        # 1. Sample every position by inverse CDF with per-sample uniforms.
+        probs = torch.softmax(logits.float(), dim=-1)                        # (B, L, V)
+        noise = self._noise(generators, batch, length, device)               # (B, 2, L)
+        cdf = probs.cumsum(dim=-1)
+        target = (noise[:, 0] * cdf[..., -1]).unsqueeze(-1)                  # (B, L, 1)
+        sampled = torch.searchsorted(cdf, target, right=True).squeeze(-1)
+        sampled = sampled.clamp(max=probs.shape[-1] - 1)                     # (B, L)
+
+        # 2. Keep known tokens.
+        predicted = torch.where(unknown, sampled, tokens)
+
+        # 3. Region-hold: newly sampled low-score positions take the source token.
+        held = torch.zeros_like(unknown)
+        if hold_lambda is not None:
+            if hold_scores is None or source_tokens is None:
+                raise InputError("hold_lambda needs hold_scores and source_tokens")
+            lam = torch.as_tensor(hold_lambda, device=device, dtype=torch.float32)
+            lam = lam.reshape(-1, 1).expand(batch, 1)                        # (B, 1)
+            scores = hold_scores.to(device=device, dtype=torch.float32)
+            region = (scores < lam) | (lam >= 1)
+            region = region & (lam > 0)
+            held = unknown & region
+            predicted = torch.where(held, source_tokens.to(device), predicted)
+
+        confidence = torch.log(
+            probs.gather(-1, predicted.clamp(max=probs.shape[-1] - 1).unsqueeze(-1))
+            .squeeze(-1).clamp(_TINY))                                       # (B, L)
+
+        # 4. Re-mask the least confident new tokens (not on the last step).
+        count = remask_count(step_index, num_steps, length, unknown.sum(dim=-1),
+                             start_ratio, self.schedule)                     # (B,)
+        if step_index == num_steps - 1:
+            remasked = torch.zeros_like(unknown)
+            return StepOutput(predicted, predicted, held, remasked, confidence,
+                              sampled, unknown, count)
+
+        temp = torch.as_tensor(temperature, device=device, dtype=torch.float32)
+        temp = temp.reshape(-1, 1) if temp.ndim else temp
+        noisy = confidence + temp * _gumbel(noise[:, 1])
+        noisy = torch.where(unknown, noisy, torch.full_like(noisy, float("inf")))
+        ordered = noisy.sort(dim=-1).values
+        cut_off = ordered.gather(-1, count.clamp(max=length - 1).unsqueeze(-1))   # (B, 1)
+        remasked = noisy < cut_off
+        next_tokens = torch.where(remasked, torch.full_like(predicted, self.mask_token_id),
+                                  predicted)
+        return StepOutput(next_tokens, predicted, held, remasked, confidence,
+                          sampled, unknown, count)
