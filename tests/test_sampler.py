@@ -152,3 +152,22 @@ def test_bad_inputs():
                      hold_lambda=torch.ones(2))
     with pytest.raises(InputError):
         MaskGITSampler(MASK, schedule="square")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_step_has_no_host_sync():
+    device = torch.device("cuda")
+    gens = [torch.Generator(device=device).manual_seed(i) for i in range(2)]
+    logits = _logits(0, 2).to(device)
+    tokens = torch.full((2, L), MASK, device=device)
+    scores = torch.rand(2, L, device=device)
+    lam = torch.tensor([0.3, 1.0], device=device)
+    temps = temperatures(N, device=device)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = MaskGITSampler(MASK).step(logits, tokens, 0, N, temps[0], gens,
+                                        hold_scores=scores, hold_lambda=lam,
+                                        source_tokens=tokens.clone().fill_(3))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert out.tokens.device.type == "cuda"

@@ -93,3 +93,17 @@ def test_bad_input():
         smooth_scores(torch.rand(1, 4, 4), "median")
     with pytest.raises(InputError):
         smooth_scores(torch.rand(1, 4, 4), "rbf", 0.5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method", METHODS)
+def test_cuda_no_host_sync(method):
+    x = torch.rand(2, 16, 16, device="cuda")
+    strength = 3.0 if method in ("rbf", "cubic", "linear", "nearest") else 1.0
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = smooth_scores(x, method, strength)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert out.device == x.device
+    assert torch.allclose(out.cpu(), smooth_scores(x.cpu(), method, strength), atol=1e-4)

@@ -41,6 +41,15 @@ def _gumbel(uniform: Tensor) -> Tensor:
     return -torch.log((-torch.log(uniform.clamp(_TINY))).clamp(_TINY))
 
 
+def _per_sample(value: Union[float, Tensor], batch: int, device: torch.device) -> Tensor:
+    """Python number, 0-dim or (B,) tensor -> (B, 1) float32 on ``device`` (no host sync)."""
+    if isinstance(value, Tensor):
+        value = value.to(device=device, dtype=torch.float32)
+    else:
+        value = torch.full((), float(value), dtype=torch.float32, device=device)
+    return value.reshape(-1, 1).expand(batch, 1)
+
+
 class MaskGITSampler:
     """MaskGIT step (Chang et al. 2022) as used by Meissonic / EditMGT.
 
@@ -103,8 +112,7 @@ class MaskGITSampler:
         if hold_lambda is not None:
             if hold_scores is None or source_tokens is None:
                 raise InputError("hold_lambda needs hold_scores and source_tokens")
-            lam = torch.as_tensor(hold_lambda, device=device, dtype=torch.float32)
-            lam = lam.reshape(-1, 1).expand(batch, 1)                        # (B, 1)
+            lam = _per_sample(hold_lambda, batch, device)                    # (B, 1)
             scores = hold_scores.to(device=device, dtype=torch.float32)
             region = (scores < lam) | (lam >= 1)
             region = region & (lam > 0)
@@ -123,8 +131,7 @@ class MaskGITSampler:
             return StepOutput(predicted, predicted, held, remasked, confidence,
                               sampled, unknown, count)
 
-        temp = torch.as_tensor(temperature, device=device, dtype=torch.float32)
-        temp = temp.reshape(-1, 1) if temp.ndim else temp
+        temp = _per_sample(temperature, batch, device)                      # (B, 1)
         noisy = confidence + temp * _gumbel(noise[:, 1])
         noisy = torch.where(unknown, noisy, torch.full_like(noisy, float("inf")))
         ordered = noisy.sort(dim=-1).values

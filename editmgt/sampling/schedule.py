@@ -66,7 +66,8 @@ def remask_count(step_index: int, num_steps: int, seq_len: int, unknown: Tensor,
     if step_index == num_steps - 1:
         return torch.zeros(unknown.shape, dtype=torch.long, device=device)
     # int64 / int -> float32, as the released scheduler computes it.
-    progress = (torch.tensor(step_index, device=device) + 1) / num_steps
+    step = torch.full((), step_index + 1, dtype=torch.long, device=device)
+    progress = step / num_steps
     ratio = mask_ratio(progress, schedule)
     if start_ratio is not None:
         ratio = start_ratio.to(device=device, dtype=torch.float32) * ratio

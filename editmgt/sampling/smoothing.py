@@ -135,15 +135,15 @@ def _disk(radius: int, device: torch.device) -> Tensor:
 
 
 def _erode(x: Tensor, radius: int, footprint: Tensor) -> Tensor:
-    neigh = _windows(x, radius)
-    inf = torch.tensor(float("inf"), device=x.device)
-    return torch.where(footprint.view(1, -1, 1, 1), neigh, inf).amin(1)
+    """Grey erosion: min over the footprint (flattened window), symmetric boundary."""
+    outside = ~footprint.view(1, -1, 1, 1)
+    return _windows(x, radius).masked_fill(outside, float("inf")).amin(1)
 
 
 def _dilate(x: Tensor, radius: int, footprint: Tensor) -> Tensor:
-    neigh = _windows(x, radius)
-    inf = torch.tensor(float("-inf"), device=x.device)
-    return torch.where(footprint.view(1, -1, 1, 1), neigh, inf).amax(1)
+    """Grey dilation with a symmetric footprint: max over the footprint."""
+    outside = ~footprint.view(1, -1, 1, 1)
+    return _windows(x, radius).masked_fill(outside, float("-inf")).amax(1)
 
 
 def _morphology(x: Tensor, strength: float) -> Tensor:
@@ -164,6 +164,23 @@ def _adaptive(x: Tensor, strength: float) -> Tensor:
     var = (var - vmin) / (vmax - vmin + 1e-8)
     weight = 1.0 - var * 0.7
     return weight * smooth + (1 - weight) * x
+
+
+def _percentile(flat: Tensor, q: float) -> Tensor:
+    """Linear-interpolation percentile of (B, n) along n, (B, 1); NumPy's default method.
+
+    Written with sort + gather so no host sync happens (torch.quantile may check q).
+    """
+    n = flat.shape[-1]
+    pos = q * (n - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, n - 1)
+    frac = pos - lo
+    ordered = flat.sort(dim=-1).values
+    a, b = ordered[:, lo:lo + 1], ordered[:, hi:hi + 1]
+    diff = b - a
+    # NumPy's _lerp: from the nearer end, so q = 1 gives exactly the maximum
+    return b - diff * (1 - frac) if frac >= 0.5 else a + diff * frac
 
 
 def _interp_factor(strength: float) -> int:
@@ -214,7 +231,7 @@ def _rbf(x: Tensor, strength: float) -> Tensor:
     system[:n, n:] = poly
     system[n:, :n] = poly.T
     rhs = torch.cat([x.reshape(b, n).to(dt).T, torch.zeros(3, b, device=x.device, dtype=dt)])
-    coef = torch.linalg.solve(system, rhs)                                 # (n + 3, B)
+    coef = torch.linalg.solve_ex(system, rhs).result                       # (n + 3, B), no sync
     # sub-sample centres of the finer grid, align_corners=False convention
     fine = (torch.arange(k, device=x.device, dtype=dt) + 0.5) / k - 0.5
     fy = (ys.reshape(h, 1, w, 1) + fine.view(1, k, 1, 1)).expand(h, k, w, k)
@@ -266,7 +283,7 @@ def smooth_scores(scores: Tensor, method: str = "adaptive", strength: float = 1.
     flat_in = x.flatten(1)                                                  # (B, n)
     flat = smoothed.flatten(1)
     if preserve_peaks:
-        threshold = torch.quantile(flat_in, _PEAK_QUANTILE, dim=-1, keepdim=True)
+        threshold = _percentile(flat_in, _PEAK_QUANTILE)
         peaks = flat_in > threshold
         flat = torch.where(peaks, _PEAK_ALPHA * flat_in + (1 - _PEAK_ALPHA) * flat, flat)
 
