@@ -81,8 +81,10 @@ class MaskGITSampler:
 
         logits: (B, L, V) guided logits (any float dtype; softmax runs in float32).
         tokens: (B, L) int64 canvas; mask id marks unknown positions.
-        temperature: float or (B,) / 0-dim tensor, Gumbel noise scale for re-masking.
-        generators: B generators, one per sample.
+        temperature: float or (B,) / 0-dim tensor (on the logits' device), Gumbel noise
+            scale for re-masking.
+        generators: B generators, one per sample (create them on the logits' device;
+            CPU generators work but their draws are copied over every step).
         start_ratio: (B,) masked fraction at the start (None = 1, a full edit).
         hold_scores: (B, L) localisation scores; hold_lambda: (B,) thresholds;
         source_tokens: (B, L) ids taken where a newly sampled position scores below lambda
