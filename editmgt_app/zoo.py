@@ -1,0 +1,395 @@
+"""The model zoo: read and validate `checkpoints.yaml`, and say where each entry's weights are.
+
+Validation is strict and every message names the entry and the field, so a user who adds
+an entry for their own fine-tune learns exactly what to fix. Resolution (is this entry
+usable right now, and from where?) never downloads anything: it looks at overrides,
+local folders and the local Hugging Face cache, and asks the caller whether the Hub is
+reachable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("1", "2", "3", "base", "untrained")
+TASKS = ("edit", "text-to-image")
+ROLES = ("transformer", "vqvae", "text_encoder", "tokenizer", "llm_encoder", "scheduler")
+REQUIRED_ROLES = ("transformer", "vqvae", "text_encoder", "tokenizer", "scheduler")
+BUILTINS = ("tiny",)
+DEFAULT_KEYS = {
+    "steps": int,
+    "guidance": float,
+    "gamma": float,
+    "lambda": float,
+    "hold_blocks": list,
+    "smoothing": str,
+    "smoothing_strength": float,
+    "resolution": int,
+}
+ENTRY_KEYS = {"id", "label", "stage", "task", "masked_edit", "source", "components", "defaults",
+              "license", "size_gb", "description"}
+REQUIRED_ENTRY_KEYS = ("id", "label", "stage", "task", "source", "components", "defaults", "license",
+                       "size_gb", "description")
+SOURCE_KEYS = {"repo", "revision", "path", "builtin", "env", "expected"}
+TOP_KEYS = {"version", "default_preference", "models"}
+_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_SUBFOLDER_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+class ZooError(ValueError):
+    """`checkpoints.yaml` is malformed; the message names the entry and field."""
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Recommended sampling settings of one model (the app's and the API's defaults)."""
+
+    steps: int = 16
+    guidance: float = 6.0
+    gamma: float = 1.1
+    hold_lambda: float = 0.0
+    hold_blocks: Optional[tuple[int, int]] = None  # inclusive range; None = the model's own
+    smoothing: str = "adaptive"
+    smoothing_strength: float = 1.0
+    resolution: int = 1024
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where an entry's weights come from, before overrides."""
+
+    repo: Optional[str] = None
+    revision: Optional[str] = None
+    path: Optional[str] = None
+    builtin: Optional[str] = None
+    env: Optional[str] = None
+    expected: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: str
+    label: str
+    stage: str
+    task: str
+    source: Source
+    components: dict  # role -> sub-folder or None
+    defaults: Defaults
+    license: str
+    size_gb: float
+    description: str
+    masked_edit: bool = False
+
+    @property
+    def size_bytes(self) -> int:
+        return int(self.size_gb * 1024**3)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Where an entry loads from now: `kind` is builtin, local or hub; or why it cannot."""
+
+    available: bool
+    kind: Optional[str] = None  # "builtin" | "local" | "hub"
+    location: Optional[str] = None  # builtin name, folder or repo id
+    revision: Optional[str] = None
+    reason: str = ""  # why unavailable, or a note (e.g. "not cached: downloads 7.5 GB")
+    via: str = "checkpoints.yaml"  # or the env variable / --checkpoint that chose it
+
+
+@dataclass
+class Zoo:
+    entries: dict[str, Entry]
+    default_preference: list[str]
+    path: Optional[Path] = None
+    overrides: dict[str, str] = field(default_factory=dict)  # id -> SRC from --checkpoint
+
+    def __getitem__(self, model_id: str) -> Entry:
+        return self.entries[model_id]
+
+    def __contains__(self, model_id: str) -> bool:
+        return model_id in self.entries
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.entries)
+
+    def with_entries(self, *entries: Entry) -> "Zoo":
+        """A copy with extra (or replaced) entries; used by tests and embedding code."""
+        merged = dict(self.entries)
+        merged.update({e.id: e for e in entries})
+        return replace(self, entries=merged)
+
+    def resolve(self, model_id: str, hub_reachable: Callable[[], bool] = lambda: False,
+                environ: Optional[dict] = None) -> Resolved:
+        """Where `model_id` loads from now. Overrides win: --checkpoint, then the env variable."""
+        entry = self.entries[model_id]
+        environ = os.environ if environ is None else environ
+        if model_id in self.overrides:
+            return _resolve_src(entry, self.overrides[model_id], f"--checkpoint {model_id}=...", hub_reachable)
+        if entry.source.env and environ.get(entry.source.env):
+            return _resolve_src(entry, environ[entry.source.env], f"${entry.source.env}", hub_reachable)
+        src = entry.source
+        if src.builtin:
+            return Resolved(True, "builtin", src.builtin, reason="built locally on first use")
+        if src.path:
+            return _resolve_local(entry, Path(src.path).expanduser(), "checkpoints.yaml")
+        if src.repo:
+            return _resolve_hub(entry, src.repo, src.revision, "checkpoints.yaml", hub_reachable)
+        hint = f"set ${src.env} or " if src.env else ""
+        return Resolved(False, reason=(src.expected or "no weights configured")
+                        + f" ({hint}--checkpoint {model_id}=REPO_OR_PATH)")
+
+
+def _resolve_src(entry: Entry, src: str, via: str, hub_reachable) -> Resolved:
+    if src.startswith(("/", ".", "~")) or Path(src).expanduser().exists():
+        return _resolve_local(entry, Path(src).expanduser(), via)
+    repo, _, revision = src.partition("@")
+    if not _REPO_RE.match(repo):
+        return Resolved(False, reason=f"{via}: {src!r} is neither an existing folder nor a Hub repo id", via=via)
+    return _resolve_hub(entry, repo, revision or None, via, hub_reachable)
+
+
+def _resolve_local(entry: Entry, folder: Path, via: str) -> Resolved:
+    if not folder.is_dir():
+        return Resolved(False, reason=f"{via}: folder {folder} does not exist", via=via)
+    transformer = entry.components["transformer"]
+    if not (folder / transformer).is_dir():
+        return Resolved(False, reason=f"{via}: {folder} has no '{transformer}/' sub-folder (the transformer)",
+                        via=via)
+    return Resolved(True, "local", str(folder), via=via)
+
+
+def hub_cached(repo: str, revision: Optional[str], subfolder: str) -> bool:
+    """True when the Hub cache already holds `subfolder/config.json` of repo@revision."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo, f"{subfolder}/config.json", revision=revision)
+    except Exception:  # noqa: BLE001 - an unreadable cache just means "not cached"
+        return False
+    return isinstance(found, str)
+
+
+def _resolve_hub(entry: Entry, repo: str, revision: Optional[str], via: str, hub_reachable) -> Resolved:
+    if hub_cached(repo, revision, entry.components["transformer"]):
+        return Resolved(True, "hub", repo, revision, reason="in the local Hub cache", via=via)
+    if hub_reachable():
+        return Resolved(True, "hub", repo, revision, reason=f"downloads about {entry.size_gb:g} GB on first use",
+                        via=via)
+    return Resolved(False, "hub", repo, revision, via=via,
+                    reason=f"{repo}@{(revision or 'main')[:12]} is not in the local Hub cache and the Hub is "
+                           "unreachable")
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_zoo(path: Path | str, overrides: Optional[dict[str, str]] = None) -> Zoo:
+    """Read and validate a zoo file; `overrides` maps id -> SRC (from --checkpoint)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ZooError(f"{path}: file not found") from None
+    except yaml.YAMLError as err:
+        raise ZooError(f"{path}: not valid YAML: {err}") from None
+    zoo = parse_zoo(raw, where=str(path))
+    zoo.path = path
+    for model_id in overrides or {}:
+        if model_id not in zoo.entries:
+            raise ZooError(f"--checkpoint {model_id}=...: no entry '{model_id}' in {path} "
+                           f"(known: {', '.join(zoo.ids)})")
+    zoo.overrides = dict(overrides or {})
+    return zoo
+
+
+def parse_zoo(raw: Any, where: str = "checkpoints.yaml") -> Zoo:
+    if not isinstance(raw, dict):
+        raise ZooError(f"{where}: the top level must be a mapping with 'models'")
+    _no_unknown(raw, TOP_KEYS, f"{where}")
+    models = raw.get("models")
+    if not isinstance(models, list) or not models:
+        raise ZooError(f"{where}: 'models' must be a non-empty list of entries")
+    entries: dict[str, Entry] = {}
+    for index, item in enumerate(models):
+        entry = parse_entry(item, f"{where}: models[{index}]")
+        if entry.id in entries:
+            raise ZooError(f"{where}: models[{index}]: duplicate id '{entry.id}'")
+        entries[entry.id] = entry
+    preference = raw.get("default_preference", list(entries))
+    if not isinstance(preference, list) or not all(isinstance(p, str) for p in preference):
+        raise ZooError(f"{where}: 'default_preference' must be a list of ids")
+    # Ids named here but absent are allowed (e.g. tiny-shapes before it is added) and skipped.
+    return Zoo(entries, preference)
+
+
+def _no_unknown(mapping: dict, allowed: set, where: str) -> None:
+    unknown = sorted(set(mapping) - allowed)
+    if unknown:
+        raise ZooError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+
+
+def _field(mapping: dict, key: str, types, where: str, required: bool = True):
+    if key not in mapping or mapping[key] is None:
+        if required:
+            raise ZooError(f"{where}: field '{key}' is missing")
+        return None
+    value = mapping[key]
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise ZooError(f"{where}: field '{key}' must be {_type_name(types)}, got {value!r}")
+    if not isinstance(value, types):
+        raise ZooError(f"{where}: field '{key}' must be {_type_name(types)}, got {value!r}")
+    return value
+
+
+def _type_name(types) -> str:
+    types = types if isinstance(types, tuple) else (types,)
+    return " or ".join(t.__name__ for t in types)
+
+
+def parse_entry(item: Any, where: str) -> Entry:
+    if not isinstance(item, dict):
+        raise ZooError(f"{where}: an entry must be a mapping")
+    model_id = item.get("id")
+    if isinstance(model_id, str):
+        where = f"{where} (id '{model_id}')"
+    _no_unknown(item, ENTRY_KEYS, where)
+    for key in REQUIRED_ENTRY_KEYS:
+        if key not in item:
+            raise ZooError(f"{where}: field '{key}' is missing")
+    model_id = _field(item, "id", str, where)
+    if not _ID_RE.match(model_id):
+        raise ZooError(f"{where}: field 'id' must be lower-case letters, digits, '.', '_' or '-', got {model_id!r}")
+    stage = str(_field(item, "stage", (int, str), where))
+    if stage not in STAGES:
+        raise ZooError(f"{where}: field 'stage' must be one of {list(STAGES)}, got {item['stage']!r}")
+    task = _field(item, "task", str, where)
+    if task not in TASKS:
+        raise ZooError(f"{where}: field 'task' must be one of {list(TASKS)}, got {task!r}")
+    size_gb = float(_field(item, "size_gb", (int, float), where))
+    if size_gb <= 0:
+        raise ZooError(f"{where}: field 'size_gb' must be positive, got {size_gb}")
+    return Entry(
+        id=model_id,
+        label=_field(item, "label", str, where),
+        stage=stage,
+        task=task,
+        source=_parse_source(item["source"], f"{where}: source"),
+        components=_parse_components(item["components"], f"{where}: components"),
+        defaults=_parse_defaults(item["defaults"], f"{where}: defaults"),
+        license=_field(item, "license", str, where),
+        size_gb=size_gb,
+        description=_field(item, "description", str, where),
+        masked_edit=bool(_field(item, "masked_edit", bool, where, required=False) or False),
+    )
+
+
+def _parse_source(raw: Any, where: str) -> Source:
+    if not isinstance(raw, dict):
+        raise ZooError(f"{where}: must be a mapping with repo+revision, path, builtin or env")
+    _no_unknown(raw, SOURCE_KEYS, where)
+    src = Source(**{k: _field(raw, k, str, where, required=False) for k in SOURCE_KEYS})
+    kinds = [k for k in ("repo", "path", "builtin") if getattr(src, k)]
+    if len(kinds) > 1:
+        raise ZooError(f"{where}: give only one of repo, path, builtin (got {kinds})")
+    if not kinds and not src.env:
+        raise ZooError(f"{where}: give one of repo (+ revision), path, builtin, or at least env")
+    if src.repo:
+        if not _REPO_RE.match(src.repo):
+            raise ZooError(f"{where}: field 'repo' must look like owner/name, got {src.repo!r}")
+        if not src.revision:
+            raise ZooError(f"{where}: field 'revision' is missing (pin the Hub repo to a commit)")
+        if not _SHA_RE.match(src.revision):
+            logger.warning("%s: revision %r is not a commit id; the download is not pinned", where, src.revision)
+    elif src.revision:
+        raise ZooError(f"{where}: field 'revision' only applies to a Hub 'repo'")
+    if src.builtin and src.builtin not in BUILTINS:
+        raise ZooError(f"{where}: field 'builtin' must be one of {list(BUILTINS)}, got {src.builtin!r}")
+    if src.env and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", src.env):
+        raise ZooError(f"{where}: field 'env' must be an environment variable name, got {src.env!r}")
+    return src
+
+
+def _parse_components(raw: Any, where: str) -> dict:
+    if not isinstance(raw, dict):
+        raise ZooError(f"{where}: must be a mapping of {list(ROLES)} to sub-folders")
+    _no_unknown(raw, set(ROLES), where)
+    out = {}
+    for role in ROLES:
+        value = raw.get(role)
+        if value is None:
+            if role in REQUIRED_ROLES:
+                raise ZooError(f"{where}: field '{role}' is missing")
+            out[role] = None
+            continue
+        if not isinstance(value, str) or not _SUBFOLDER_RE.match(value) or ".." in value.split("/"):
+            raise ZooError(f"{where}: field '{role}' must be a relative sub-folder like 'vqvae' "
+                           f"(letters, digits, '_', '-', '.', '/'; no '..' or leading '/'), got {value!r}")
+        out[role] = value
+    return out
+
+
+def _parse_defaults(raw: Any, where: str) -> Defaults:
+    if not isinstance(raw, dict):
+        raise ZooError(f"{where}: must be a mapping")
+    _no_unknown(raw, set(DEFAULT_KEYS), where)
+    values = {}
+    for key, kind in DEFAULT_KEYS.items():
+        if raw.get(key) is None:
+            continue
+        types = (int, float) if kind is float else kind
+        values[key] = _field(raw, key, types, where)
+    base = Defaults()
+    hold = values.get("hold_blocks")
+    if hold is not None:
+        if len(hold) != 2 or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in hold) \
+                or hold[0] > hold[1]:
+            raise ZooError(f"{where}: field 'hold_blocks' must be [first, last] block indices, got {hold!r}")
+        hold = (hold[0], hold[1])
+    checks = [("steps", 1, 256), ("guidance", 0.0, 50.0), ("gamma", 0.0, 10.0), ("lambda", 0.0, 1.0),
+              ("smoothing_strength", 0.0, 10.0), ("resolution", 16, 4096)]
+    for key, low, high in checks:
+        if key in values and not low <= values[key] <= high:
+            raise ZooError(f"{where}: field '{key}' must be in [{low}, {high}], got {values[key]}")
+    return Defaults(
+        steps=values.get("steps", base.steps),
+        guidance=float(values.get("guidance", base.guidance)),
+        gamma=float(values.get("gamma", base.gamma)),
+        hold_lambda=float(values.get("lambda", base.hold_lambda)),
+        hold_blocks=hold,
+        smoothing=values.get("smoothing", base.smoothing),
+        smoothing_strength=float(values.get("smoothing_strength", base.smoothing_strength)),
+        resolution=values.get("resolution", base.resolution),
+    )
+
+
+def parse_checkpoint_flags(flags: list[str]) -> dict[str, str]:
+    """`["ID=SRC", ...]` -> {id: src}; raises ZooError on a malformed flag."""
+    out = {}
+    for flag in flags or []:
+        model_id, sep, src = flag.partition("=")
+        if not sep or not model_id or not src:
+            raise ZooError(f"--checkpoint {flag!r}: expected ID=REPO_OR_PATH")
+        out[model_id] = src
+    return out
+
+
+def choose_default(zoo: Zoo, resolve: Callable[[str], Resolved]) -> str:
+    """The first id of `default_preference` that exists and is available, else the first
+    available entry."""
+    for model_id in list(zoo.default_preference) + zoo.ids:
+        if model_id in zoo.entries and resolve(model_id).available:
+            return model_id
+    raise ZooError("no model in the zoo is available (not even the built-in tiny model)")
