@@ -15,10 +15,11 @@ follow the released checkpoint's state dict:
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
-from diffusers.models.embeddings import get_timestep_embedding
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
@@ -58,15 +59,21 @@ class RMSNorm(nn.Module):
         return x32.to(self.weight.dtype) * self.weight
 
 
-def sinusoidal_embedding(values: Tensor, dim: int) -> Tensor:
-    """Cos-first sinusoidal features without frequency shift.
+def sinusoidal_embedding(values: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Cos-first sinusoidal features without frequency shift (diffusers layout).
 
-    values: (M,) any numeric dtype -> (M, dim) float32. Computed in float32 whatever the
-    model dtype, so large timesteps (t x 1000) keep their precision in bf16 models.
+    values: (M,) any numeric dtype -> (M, dim) float32, [cos(v f_k); sin(v f_k)] with
+    f_k = max_period^(-k / (dim/2)). The frequencies are computed in float64 and rounded
+    once to float32 (correctly rounded, so they do not depend on the platform's float32
+    `exp`); angles and cos/sin are float32 as in the released model. Large arguments
+    (timestep x 1000, image sizes) make these features sensitive to the last bit of f_k.
     """
-    return get_timestep_embedding(
-        values.float(), dim, flip_sin_to_cos=True, downscale_freq_shift=0
-    )
+    half = dim // 2
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=values.device) / half
+    freqs = torch.exp(exponent.double()).float()  # (half,)
+    angles = values.float()[:, None] * freqs[None, :]  # (M, half)
+    emb = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+    return F.pad(emb, (0, 1)) if dim % 2 else emb
 
 
 class MLPEmbedding(nn.Module):
