@@ -1,0 +1,107 @@
+"""EditMGT demo: `python app.py` (offline: the built-in tiny model on the CPU).
+
+Also the Hugging Face Space entry point (README front matter: app_file app.py). Models
+load in main(), never at import; on a Space the default model is loaded before serving.
+"""
+
+from editmgt_app import gpu  # noqa: F401  - imports `spaces` before anything touches CUDA
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+from functools import lru_cache  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+logger = logging.getLogger("editmgt_app")
+
+ZOO_FILE = Path(__file__).resolve().parent / "checkpoints.yaml"
+ON_SPACE = bool(os.environ.get("SPACE_ID"))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="zoo id to select at start (default: first available of the zoo's "
+                                   "default_preference, e.g. editmgt, then tiny-shapes, then tiny)")
+    p.add_argument("--8bit", dest="load_8bit", action="store_true",
+                   help="load the start-up model with 8-bit transformer and Gemma2 linears")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="ID=SRC",
+                   help="point a zoo entry at a local folder, owner/repo or owner/repo@revision (repeatable)")
+    p.add_argument("--zoo", default=str(ZOO_FILE), help="model zoo file (default: checkpoints.yaml)")
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    p.add_argument("--share", action="store_true", help="ask Gradio for a public share link (needs internet)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="default: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--max-loaded", type=int, default=None, help="keep at most this many models loaded")
+    p.add_argument("--memory-budget", type=float, default=None, metavar="GB",
+                   help="evict least recently used models beyond this (default: 90%% of free GPU memory, "
+                        "or half the free RAM on CPU)")
+    p.add_argument("--preload", action="store_true", help="load the start-up model before serving "
+                                                         "(always on a Space)")
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+@lru_cache(maxsize=1)
+def hub_reachable() -> bool:
+    """Whether huggingface.co answers (False when HF_HUB_OFFLINE is set). Cached."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=2.0):
+            return True
+    except OSError:
+        return False
+
+
+def create_app(args: argparse.Namespace):
+    """Zoo, manager, service and Blocks (no weights loaded unless --preload / Space)."""
+    import torch
+
+    from editmgt_app.loading import PipelineLoader
+    from editmgt_app.manager import ModelManager
+    from editmgt_app.service import EditService
+    from editmgt_app.ui import build_demo
+    from editmgt_app.zoo import choose_default, load_zoo, parse_checkpoint_flags
+
+    zoo = load_zoo(args.zoo, overrides=parse_checkpoint_flags(args.checkpoint))
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype_name = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    manager = ModelManager(
+        zoo, PipelineLoader(), device=device, dtype=getattr(torch, dtype_name),
+        budget_bytes=int(args.memory_budget * 1024**3) if args.memory_budget else None,
+        max_loaded=args.max_loaded, hub_reachable=hub_reachable)
+    if args.model:
+        if args.model not in zoo:
+            raise SystemExit(f"--model {args.model}: unknown; choose one of {', '.join(zoo.ids)}")
+        default = args.model
+    else:
+        default = choose_default(zoo, manager.resolve)
+    logger.info("start-up model: %s (%s)", default, manager.resolve(default).reason or "available")
+    if args.preload or ON_SPACE:
+        manager.get(default, args.load_8bit)
+    service = EditService(manager)
+    return build_demo(service, default), service
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from editmgt_app.inputs import MAX_UPLOAD_MB
+    from editmgt_app.zoo import ZooError
+
+    try:
+        demo, _service = create_app(args)
+    except ZooError as err:
+        logger.error("%s", err)
+        sys.exit(2)
+    demo.queue(default_concurrency_limit=1, max_size=64)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share,
+                max_file_size=f"{MAX_UPLOAD_MB}mb", show_error=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Pictures for the demo: the attention heat-map over the source with the held region
+outlined, and the L1-vs-lambda curve."""
+
+from __future__ import annotations
+
+import io
+from typing import Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+from scipy import ndimage  # noqa: E402
+
+OUTLINE_RGB = (0, 255, 255)
+
+
+def heatmap_overlay(source: Image.Image, scores: np.ndarray, held: Optional[np.ndarray] = None,
+                    alpha: float = 0.55, colormap: str = "inferno") -> Image.Image:
+    """Blend a colour map of `scores` (h, w) in [0, 1] over `source`; outline `held` (any
+    grid, bool: the tokens held at the source, score < lambda) in cyan. Same size as source."""
+    source = source.convert("RGB")
+    size = source.size
+    scores = np.asarray(scores, dtype=np.float32)
+    if scores.shape != (size[1], size[0]):
+        scores = np.asarray(Image.fromarray(scores, "F").resize(size, Image.BILINEAR))
+    low, high = float(scores.min()), float(scores.max())
+    scores = (scores - low) / (high - low) if high > low else np.zeros_like(scores)
+    colours = matplotlib.colormaps[colormap](scores)[..., :3]  # (H, W, 3) in [0, 1]
+    base = np.asarray(source, dtype=np.float32) / 255.0
+    blended = (1 - alpha) * base + alpha * colours
+    out = (np.clip(blended, 0, 1) * 255).round().astype(np.uint8)
+    if held is not None and np.asarray(held).any():
+        held_img = Image.fromarray(np.asarray(held, dtype=np.uint8) * 255, "L").resize(size, Image.NEAREST)
+        region = np.asarray(held_img) > 127
+        width = max(1, round(min(size) / 128))
+        edge = region & ~ndimage.binary_erosion(region, iterations=width, border_value=1)
+        out[edge] = OUTLINE_RGB
+    return Image.fromarray(out, "RGB")
+
+
+def lambda_curve(lambdas: Sequence[float], l1_to_source: Sequence[float], current: Optional[float] = None,
+                 baseline: Optional[float] = None, l1_to_reconstruction: Optional[Sequence[float]] = None,
+                 size: tuple[int, int] = (480, 320)) -> Image.Image:
+    """The L1-to-source curve over lambda, with a marker at `current` and a dashed line at
+    the VQ-reconstruction baseline; returned as an RGB image (`size` pixels)."""
+    order = np.argsort(lambdas)
+    lam = np.asarray(lambdas, dtype=float)[order]
+    l1 = np.asarray(l1_to_source, dtype=float)[order]
+    dpi = 100
+    fig, ax = plt.subplots(figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi)
+    try:
+        ax.plot(lam, l1, "o-", color="#1f77b4", label="L1 to source")
+        if l1_to_reconstruction is not None:
+            ax.plot(lam, np.asarray(l1_to_reconstruction, dtype=float)[order], "s--", color="#ff7f0e",
+                    alpha=0.7, label="L1 to VQ reconstruction")
+        if baseline is not None:
+            ax.axhline(baseline, color="gray", linestyle=":", label=f"VQ round trip ({baseline:.3f})")
+        if current is not None:
+            y = float(np.interp(current, lam, l1)) if len(lam) > 1 else float(l1[0])
+            ax.plot([current], [y], marker="*", markersize=16, color="#d62728", linestyle="none",
+                    label=f"current lambda = {current:g}")
+        ax.set_xlabel("lambda (region-hold threshold)")
+        ax.set_ylabel("mean |edit - source|")
+        ax.set_xlim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")

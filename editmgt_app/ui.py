@@ -1,0 +1,330 @@
+"""The Gradio page and the named API endpoints (/edit, /sweep, /generate, /models).
+
+The page's own events are private; the API endpoints are separate events on hidden
+components whose optional parameters default to None (= the chosen model's defaults), so
+a `gradio_client` call needs only image, instruction and model. All GPU work shares one
+concurrency group of size 1: the queue serialises it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import gradio as gr
+from PIL import Image
+
+from editmgt.errors import InputError
+from editmgt_app.inputs import MAX_INSTRUCTION_CHARS, mask_from_editor, parse_lambdas
+from editmgt_app.manager import ModelLoadError, ModelUnavailable
+from editmgt_app.service import DEFAULT_SWEEP, MAX_STEPS, SMOOTHING_CHOICES, EditService, OutOfMemory
+
+logger = logging.getLogger(__name__)
+
+GPU = dict(concurrency_id="gpu", concurrency_limit=1)
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+
+
+class CheckedImage(gr.Image):
+    """gr.Image whose upload errors (not an image, corrupt, decompression bomb) become a
+    specific gr.Error instead of a generic failure. Same front-end as gr.Image."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except gr.Error:
+            raise
+        except Image.DecompressionBombError as err:
+            raise gr.Error(f"the image was refused as a decompression bomb: {err}") from None
+        except Exception as err:  # noqa: BLE001 - PIL raises many types for bad files
+            name = getattr(payload, "orig_name", None) or "the upload"
+            raise gr.Error(f"{name!s} is not an image that can be read ({type(err).__name__}: {err}); "
+                           "use PNG, JPEG, WebP, GIF, BMP or TIFF") from None
+
+
+def user_errors(fn):
+    """Turn the errors a user can act on into gr.Error with their message; the app keeps serving."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except (InputError, ModelUnavailable, ModelLoadError, OutOfMemory) as err:
+            raise gr.Error(str(err)) from None
+        except Exception as err:  # noqa: BLE001 - report, keep serving
+            logger.exception("unexpected error in %s", fn.__name__)
+            raise gr.Error(f"internal error: {type(err).__name__}: {err}") from None
+
+    return wrapper
+
+
+def _progress_fn(progress: Optional[gr.Progress]):
+    if progress is None:
+        return None
+    return lambda done, total: progress((done, total), desc="sampling", unit="steps")
+
+
+def load_examples() -> list[dict]:
+    path = EXAMPLES_DIR / "examples.json"
+    if not path.is_file():
+        return []
+    return [dict(e, path=str(EXAMPLES_DIR / e["file"])) for e in json.loads(path.read_text())]
+
+
+def _opt(value: Any) -> Any:
+    """'' and None both mean: use the model's default."""
+    return None if value is None or (isinstance(value, str) and not value.strip()) else value
+
+
+def build_demo(service: EditService, default_model: str, title: str = "EditMGT") -> gr.Blocks:
+    zoo = service.manager.zoo
+    choices = [(zoo[m].label, m) for m in zoo.ids]
+    t2i_default = next((m for m in zoo.ids if zoo[m].task == "text-to-image" and service.manager.resolve(m).available),
+                       default_model)
+    d0 = zoo[default_model].defaults
+
+    # ------------------------------------------------------------------ API handlers
+    @user_errors
+    def api_edit(image: str, instruction: str, model: str, steps: Optional[float] = None,
+                 guidance: Optional[float] = None, gamma: Optional[float] = None,
+                 hold_lambda: Optional[float] = None, hold_first: Optional[float] = None,
+                 hold_last: Optional[float] = None, keyword: Optional[str] = None, smoothing: Optional[str] = None,
+                 smoothing_strength: Optional[float] = None, negative_prompt: Optional[str] = None,
+                 seed: Optional[float] = None, mask: Optional[str] = None, load_8bit: bool = False,
+                 progress=gr.Progress()):
+        """Edit a photo. Only image, instruction and model are needed; every other value
+        defaults to the model's recommendation (see /models). Returns the edited image (PNG),
+        the attention heat-map and JSON info (l1_to_source, seconds, seed, changed_fraction...)."""
+        out = service.edit(
+            image, instruction, model, steps=steps, guidance=guidance, gamma=gamma, hold_lambda=hold_lambda,
+            hold_first=hold_first, hold_last=hold_last, keyword=_opt(keyword), smoothing=_opt(smoothing),
+            smoothing_strength=smoothing_strength, negative_prompt=_opt(negative_prompt), seed=seed,
+            mask=mask or None, load_8bit=bool(load_8bit),
+            progress=_progress_fn(progress))
+        return out.edited, out.heatmap, out.info
+
+    @user_errors
+    def api_sweep(image: str, instruction: str, model: str, lambdas: Optional[Any] = None,
+                  steps: Optional[float] = None, guidance: Optional[float] = None, gamma: Optional[float] = None,
+                  keyword: Optional[str] = None, seed: Optional[float] = None, load_8bit: bool = False,
+                  progress=gr.Progress()):
+        """Edit once per lambda (one batch where memory allows, one seed). Returns JSON rows
+        {lambda, l1_to_source, l1_to_reconstruction, changed_fraction, seed}, the images and
+        the L1-vs-lambda plot."""
+        out = service.sweep(image, instruction, model, lambdas, steps=steps, guidance=guidance, gamma=gamma,
+                            keyword=_opt(keyword), seed=seed, load_8bit=bool(load_8bit),
+                            progress=_progress_fn(progress))
+        return out.rows, out.sweep_images, out.curve
+
+    @user_errors
+    def api_generate(prompt: str, model: str, steps: Optional[float] = None, guidance: Optional[float] = None,
+                     seed: Optional[float] = None, load_8bit: bool = False, progress=gr.Progress()):
+        """Text to image (stage-1 / Meissonic entries; any entry works). Returns image and JSON info."""
+        return service.generate(prompt, model, steps=steps, guidance=guidance, seed=seed,
+                                load_8bit=bool(load_8bit), progress=_progress_fn(progress))
+
+    def api_models():
+        """The zoo with each entry's status (loading / ready / failed / unavailable and why),
+        device, dtype, memory and recommended defaults."""
+        return service.models()
+
+    # ------------------------------------------------------------------ page handlers
+    def status_markdown(model_id: Optional[str] = None) -> str:
+        rows = service.models()
+        lines = [f"**Status** - {service.manager.summary_line()}", "",
+                 "| model | task | state | detail |", "|---|---|---|---|"]
+        for r in rows:
+            mark = "**" if r["id"] == model_id else ""
+            lines.append(f"| {mark}{r['label']}{mark} | {r['task']} | {r['state']} | {r['reason']} |")
+        return "\n".join(lines)
+
+    def on_model_change(model_id: str):
+        d = zoo[model_id].defaults
+        first, last = d.hold_blocks if d.hold_blocks else (None, None)
+        return (gr.update(value=d.steps), gr.update(value=d.guidance), gr.update(value=d.gamma),
+                gr.update(value=d.hold_lambda), gr.update(value=first), gr.update(value=last),
+                gr.update(value=d.smoothing), gr.update(value=d.smoothing_strength), status_markdown(model_id))
+
+    def on_image_change(path: Optional[str]):
+        if not path:
+            return None
+        return {"background": path, "layers": [], "composite": path}
+
+    @user_errors
+    def ui_edit(image, instruction, model, load_8bit, mask_value, steps, guidance, gamma, hold_lambda,
+                hold_first, hold_last, keyword, smoothing, smoothing_strength, negative_prompt, seed, randomize,
+                run_sweep, grid, progress=gr.Progress()):
+        sweep = parse_lambdas(grid) if run_sweep else None
+        out = service.edit(
+            image, instruction, model, steps=steps, guidance=guidance, gamma=gamma, hold_lambda=hold_lambda,
+            hold_first=_opt(hold_first), hold_last=_opt(hold_last), keyword=_opt(keyword), smoothing=smoothing,
+            smoothing_strength=smoothing_strength, negative_prompt=_opt(negative_prompt),
+            seed=None if randomize else seed, mask_fn=lambda size: mask_from_editor(mask_value, size),
+            load_8bit=bool(load_8bit), sweep=sweep, progress=_progress_fn(progress))
+        return ((out.source, out.edited), out.heatmap, out.curve, out.sweep_images or None, out.info,
+                out.info["seed"], status_markdown(model))
+
+    @user_errors
+    def ui_generate(prompt, model, steps, guidance, seed, randomize, load_8bit, progress=gr.Progress()):
+        image, info = service.generate(prompt, model, steps=steps, guidance=guidance,
+                                       seed=None if randomize else seed, load_8bit=bool(load_8bit),
+                                       progress=_progress_fn(progress))
+        return image, info, info["seed"], status_markdown(model)
+
+    # ------------------------------------------------------------------ layout
+    examples = load_examples()
+    with gr.Blocks(title=title) as demo:
+        gr.Markdown(
+            f"# {title}: edit a photo with a sentence\n"
+            "A masked generative transformer edits the photo; the attention map shows where it decided to "
+            "edit, and region-hold (lambda) keeps tokens scoring below lambda at the source. "
+            "The curve shows how far the edit moves from the source as lambda grows.")
+        with gr.Tabs():
+            with gr.Tab("Edit", id="edit"):
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=320):
+                        image = CheckedImage(label="Photo (upload, paste or webcam)", type="filepath",
+                                             image_mode=None, format="png",
+                                             sources=["upload", "clipboard", "webcam"], elem_id="source-image",
+                                             height=320)
+                        instruction = gr.Textbox(label="Instruction", placeholder="make the cat black", lines=2,
+                                                 max_length=MAX_INSTRUCTION_CHARS, elem_id="instruction")
+                        with gr.Row():
+                            model = gr.Dropdown(choices=choices, value=default_model, label="Model",
+                                                elem_id="model", scale=3)
+                            use_8bit = gr.Checkbox(label="8-bit", value=False, scale=1,
+                                                   info="quantise transformer + Gemma2 linears")
+                        run = gr.Button("Edit", variant="primary", elem_id="run-edit")
+                        with gr.Accordion("Mask brush (optional: paint where to edit)", open=False):
+                            mask = gr.ImageMask(label="Mask", type="pil", sources=[], elem_id="mask-brush",
+                                                height=320)
+                        with gr.Accordion("Advanced", open=False):
+                            steps = gr.Slider(1, MAX_STEPS, value=d0.steps, step=1, label="Steps")
+                            guidance = gr.Slider(0.0, 20.0, value=d0.guidance, step=0.1, label="Guidance")
+                            gamma = gr.Slider(0.0, 5.0, value=d0.gamma, step=0.05,
+                                              label="Gamma (reference strength)")
+                            hold_lambda = gr.Slider(0.0, 1.0, value=d0.hold_lambda, step=0.01,
+                                                    label="Lambda (region-hold threshold; 0 = off)")
+                            with gr.Row():
+                                first0, last0 = d0.hold_blocks if d0.hold_blocks else (None, None)
+                                hold_first = gr.Number(value=first0, precision=0,
+                                                       label="Hold blocks: first (blank = model default)")
+                                hold_last = gr.Number(value=last0, precision=0, label="Hold blocks: last")
+                            keyword = gr.Textbox(label="Keyword for localisation (optional)",
+                                                 placeholder="cat")
+                            with gr.Row():
+                                smoothing = gr.Dropdown(list(SMOOTHING_CHOICES), value=d0.smoothing,
+                                                        label="Smoothing")
+                                smoothing_strength = gr.Slider(0.0, 5.0, value=d0.smoothing_strength, step=0.1,
+                                                               label="Smoothing strength")
+                            negative_prompt = gr.Textbox(label="Negative prompt (blank = the released one)")
+                            with gr.Row():
+                                seed = gr.Number(value=0, precision=0, label="Seed")
+                                randomize = gr.Checkbox(value=True, label="Randomize seed")
+                            with gr.Row():
+                                run_sweep = gr.Checkbox(value=True, label="Run the lambda sweep (curve)")
+                                grid = gr.Textbox(value=", ".join(f"{x:g}" for x in DEFAULT_SWEEP),
+                                                  label="Sweep lambdas")
+                    with gr.Column(scale=2, min_width=480):
+                        with gr.Row():
+                            slider = gr.ImageSlider(label="Before / after", type="pil", format="png",
+                                                    elem_id="edit-output")
+                            heat = gr.Image(label="Attention map (held region outlined)", type="pil",
+                                            format="png", interactive=False, elem_id="heatmap")
+                        with gr.Row():
+                            curve = gr.Image(label="L1 to source vs lambda", type="pil", format="png",
+                                             interactive=False, elem_id="curve")
+                            info = gr.JSON(label="Info", elem_id="info")
+                        gallery = gr.Gallery(label="Sweep", format="png", columns=6, height=200,
+                                             elem_id="sweep-gallery")
+                if examples:
+                    gr.Examples(examples=[[e["path"], e["instruction"], e["keyword"]] for e in examples],
+                                inputs=[image, instruction, keyword],
+                                example_labels=[f"{Path(e['file']).stem}: {e['instruction']}" for e in examples],
+                                label="Examples (CC0 / public-domain photos, see examples/*.LICENSE.txt)",
+                                cache_examples=False)
+            with gr.Tab("Text to image", id="t2i"):
+                with gr.Row():
+                    with gr.Column():
+                        prompt = gr.Textbox(label="Prompt", lines=2, max_length=MAX_INSTRUCTION_CHARS)
+                        t2i_model = gr.Dropdown(choices=choices, value=t2i_default, label="Model")
+                        t2i_steps = gr.Slider(1, MAX_STEPS, value=zoo[t2i_default].defaults.steps, step=1,
+                                              label="Steps")
+                        t2i_guidance = gr.Slider(0.0, 20.0, value=zoo[t2i_default].defaults.guidance, step=0.1,
+                                                 label="Guidance")
+                        with gr.Row():
+                            t2i_seed = gr.Number(value=0, precision=0, label="Seed")
+                            t2i_random = gr.Checkbox(value=True, label="Randomize seed")
+                        t2i_8bit = gr.Checkbox(value=False, label="8-bit")
+                        t2i_run = gr.Button("Generate", variant="primary")
+                    with gr.Column():
+                        t2i_image = gr.Image(label="Generated", type="pil", format="png", interactive=False)
+                        t2i_info = gr.JSON(label="Info")
+            with gr.Tab("Models", id="models"):
+                models_json = gr.JSON(label="Zoo and status")
+                refresh = gr.Button("Refresh")
+        status = gr.Markdown(elem_id="status")
+
+        # Page events (private: the browser calls them, API clients use the endpoints below).
+        model.change(on_model_change, model, [steps, guidance, gamma, hold_lambda, hold_first, hold_last,
+                                              smoothing, smoothing_strength, status], api_visibility="private")
+        image.change(on_image_change, image, mask, api_visibility="private")
+        gr.on([run.click, instruction.submit], ui_edit,
+              [image, instruction, model, use_8bit, mask, steps, guidance, gamma, hold_lambda, hold_first,
+               hold_last, keyword, smoothing, smoothing_strength, negative_prompt, seed, randomize, run_sweep,
+               grid],
+              [slider, heat, curve, gallery, info, seed, status], api_visibility="private", **GPU)
+        t2i_run.click(ui_generate, [prompt, t2i_model, t2i_steps, t2i_guidance, t2i_seed, t2i_random, t2i_8bit],
+                      [t2i_image, t2i_info, t2i_seed, status], api_visibility="private", **GPU)
+        refresh.click(api_models, None, models_json, api_visibility="private", queue=False)
+        demo.load(lambda: (status_markdown(default_model), service.models()), None, [status, models_json],
+                  api_visibility="private", queue=False)
+
+        # Named API endpoints on hidden components (None = the model's default).
+        with gr.Column(visible=False):
+            a_image = CheckedImage(label="image", type="filepath", image_mode=None, format="png")
+            a_instruction = gr.Textbox(label="instruction")
+            a_model = gr.Dropdown(choices=zoo.ids, value=default_model, label="model", allow_custom_value=True)
+            a_steps = gr.Number(value=None, label="steps")
+            a_guidance = gr.Number(value=None, label="guidance")
+            a_gamma = gr.Number(value=None, label="gamma")
+            a_lambda = gr.Number(value=None, label="hold_lambda")
+            a_first = gr.Number(value=None, label="hold_first")
+            a_last = gr.Number(value=None, label="hold_last")
+            a_keyword = gr.Textbox(value=None, label="keyword")
+            a_smoothing = gr.Textbox(value=None, label="smoothing")
+            a_strength = gr.Number(value=None, label="smoothing_strength")
+            a_negative = gr.Textbox(value=None, label="negative_prompt")
+            a_seed = gr.Number(value=None, label="seed")
+            a_mask = CheckedImage(label="mask", type="filepath", image_mode=None, format="png")
+            a_8bit = gr.Checkbox(value=False, label="load_8bit")
+            a_lambdas = gr.JSON(value=None, label="lambdas")
+            a_prompt = gr.Textbox(label="prompt")
+            a_t2i_model = gr.Dropdown(choices=zoo.ids, value=t2i_default, label="model",
+                                      allow_custom_value=True)
+            o_edited = gr.Image(label="edited", type="pil", format="png")
+            o_heat = gr.Image(label="attention_map", type="pil", format="png")
+            o_info = gr.JSON(label="info")
+            o_rows = gr.JSON(label="rows")
+            o_gallery = gr.Gallery(label="images", format="png")
+            o_curve = gr.Image(label="curve", type="pil", format="png")
+            o_generated = gr.Image(label="image", type="pil", format="png")
+            o_models = gr.JSON(label="models")
+            trigger = gr.Button(visible=False)
+        trigger.click(api_edit, [a_image, a_instruction, a_model, a_steps, a_guidance, a_gamma, a_lambda, a_first,
+                                 a_last, a_keyword, a_smoothing, a_strength, a_negative, a_seed, a_mask, a_8bit],
+                      [o_edited, o_heat, o_info], api_name="edit", **GPU)
+        trigger.click(api_sweep, [a_image, a_instruction, a_model, a_lambdas, a_steps, a_guidance, a_gamma,
+                                  a_keyword, a_seed, a_8bit],
+                      [o_rows, o_gallery, o_curve], api_name="sweep", **GPU)
+        trigger.click(api_generate, [a_prompt, a_t2i_model, a_steps, a_guidance, a_seed, a_8bit],
+                      [o_generated, o_info], api_name="generate", **GPU)
+        trigger.click(api_models, None, o_models, api_name="models", queue=False)
+    return demo
