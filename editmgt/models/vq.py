@@ -49,8 +49,12 @@ class VQTokenizer(nn.Module):
         from diffusers import VQModel
 
         folder = check_model_folder(folder)
-        model = VQModel.from_pretrained(folder, use_safetensors=True, local_files_only=True, torch_dtype=dtype)
-        return cls(model.to(device=device), decode_dtype=decode_dtype)
+        # Load in float32, then cast each half, so an fp32 decoder keeps the full-precision weights.
+        model = VQModel.from_pretrained(folder, use_safetensors=True, local_files_only=True, torch_dtype=torch.float32)
+        model.to(device=device)
+        for part in (model.encoder, model.quant_conv):
+            part.to(dtype=dtype)
+        return cls(model, decode_dtype=decode_dtype)
 
     # ------------------------------------------------------------------ facts from the config
     @property
