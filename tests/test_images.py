@@ -1,0 +1,184 @@
+"""Image and mask loading: every mode, every input kind, every limit, on generated images."""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from editmgt.errors import InputError
+from editmgt.images import fit_size, load_image, load_mask, prepare_image
+
+
+def _png(image: Image.Image, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=kwargs.pop("format", "PNG"), **kwargs)
+    return buf.getvalue()
+
+
+def _rgb(w: int = 40, h: int = 30) -> Image.Image:
+    x = np.linspace(0, 255, w, dtype=np.uint8)[None, :, None].repeat(h, 0)
+    y = np.linspace(0, 255, h, dtype=np.uint8)[:, None, None].repeat(w, 1)
+    return Image.fromarray(np.concatenate([x, y, 255 - x], axis=2), mode="RGB")
+
+
+def test_sources_path_bytes_pil_numpy(tmp_path: Path) -> None:
+    image = _rgb()
+    path = tmp_path / "a.png"
+    image.save(path)
+    expected = np.asarray(image)
+    for src in (path, str(path), path.read_bytes(), image, expected):
+        out = load_image(src)
+        assert out.mode == "RGB" and out.size == (40, 30)
+        assert np.array_equal(np.asarray(out), expected)
+
+
+@pytest.mark.parametrize(
+    "mode",
+    ["L", "1", "P", "CMYK", "YCbCr", "I;16", "I", "F", "LA"],
+)
+def test_modes_to_rgb(mode: str) -> None:
+    base = _rgb()
+    if mode == "I;16":
+        array = (np.asarray(base.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+        image = Image.fromarray(array, mode="I;16")
+    elif mode == "I":
+        array = np.asarray(base.convert("L"), dtype=np.int32) * 257
+        image = Image.fromarray(array, mode="I")
+    elif mode == "F":
+        image = Image.fromarray(np.asarray(base.convert("L"), dtype=np.float32) / 255.0, mode="F")
+    else:
+        image = base.convert(mode)
+    out = load_image(image)
+    assert out.mode == "RGB" and out.size == base.size
+    if mode in ("I;16", "I", "F", "L"):
+        grey = np.asarray(base.convert("L"), dtype=np.int16)
+        assert np.abs(np.asarray(out)[..., 0].astype(np.int16) - grey).max() <= 1
+
+
+def test_16bit_png_roundtrip() -> None:
+    array = np.linspace(0, 65535, 64 * 8).reshape(8, 64).astype(np.uint16)
+    data = _png(Image.fromarray(array, mode="I;16"))
+    out = np.asarray(load_image(data))
+    assert out[..., 0].min() == 0 and out[..., 0].max() == 255
+    assert load_image(array).getpixel((63, 7))[0] == 255  # uint16 array
+
+
+def test_alpha_composited_on_white() -> None:
+    rgba = np.zeros((10, 10, 4), dtype=np.uint8)
+    rgba[..., 0] = 255  # red
+    rgba[:, :5, 3] = 255  # left half opaque, right half transparent
+    out = np.asarray(load_image(Image.fromarray(rgba, mode="RGBA")))
+    assert tuple(out[0, 0]) == (255, 0, 0)
+    assert tuple(out[0, 9]) == (255, 255, 255)
+    palette = Image.fromarray(rgba, mode="RGBA").convert("P")
+    palette.info["transparency"] = palette.getpixel((9, 0))
+    assert tuple(np.asarray(load_image(palette))[0, 9]) == (255, 255, 255)
+
+
+def test_animated_gif_first_frame() -> None:
+    frames = [Image.new("RGB", (16, 16), c) for c in ((255, 0, 0), (0, 0, 255))]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    out = load_image(buf.getvalue())
+    assert out.mode == "RGB" and out.getpixel((0, 0))[0] > 200
+
+
+def test_exif_orientation_applied() -> None:
+    image = _rgb(40, 30)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90
+    out = load_image(_png(image, format="JPEG", exif=exif.tobytes()))
+    assert out.size == (30, 40)
+
+
+def test_numpy_variants() -> None:
+    assert load_image(np.ones((5, 6), dtype=bool)).getpixel((0, 0)) == (255, 255, 255)
+    assert load_image(np.full((5, 6, 3), 0.5, dtype=np.float32)).getpixel((0, 0)) == (128, 128, 128)
+    assert load_image(np.zeros((5, 6, 1), dtype=np.uint8)).size == (6, 5)
+    with pytest.raises(InputError, match="shape"):
+        load_image(np.zeros((3, 5, 6), dtype=np.uint8))
+    with pytest.raises(InputError, match="dtype"):
+        load_image(np.zeros((5, 6), dtype=np.int64))
+    with pytest.raises(InputError, match="NaN"):
+        load_image(np.full((5, 6), np.nan, dtype=np.float32))
+
+
+def test_bad_inputs(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not an image"):
+        load_image(b"this is plain text, not a picture")
+    with pytest.raises(InputError, match="corrupt|truncated"):
+        load_image(_png(_rgb(200, 200))[:300])
+    with pytest.raises(InputError, match="no image file"):
+        load_image(tmp_path / "missing.png")
+    with pytest.raises(InputError, match="empty"):
+        load_image(b"")
+    with pytest.raises(InputError, match="cannot read"):
+        load_image(12345)
+
+
+def test_limits_are_named() -> None:
+    data = _png(_rgb(100, 100))
+    with pytest.raises(InputError, match=f"limit is {len(data) - 1:,} bytes"):
+        load_image(data, max_bytes=len(data) - 1)
+    with pytest.raises(InputError, match="limit is 9,999 pixels"):
+        load_image(data, max_pixels=9_999)
+    with pytest.raises(InputError, match="limit is 100 pixels"):
+        load_image(np.zeros((20, 20), dtype=np.uint8), max_pixels=100)
+
+
+def test_decompression_bomb_checked_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A 10000 x 10000 PNG of one colour compresses to a few hundred kB.
+    data = _png(Image.new("L", (10_000, 10_000)), optimize=False, compress_level=9)
+    assert len(data) < 1_000_000
+    with pytest.raises(InputError, match="pixels"):
+        load_image(data)  # 1e8 pixels > MAX_IMAGE_PIXELS, refused from the header
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)
+    with pytest.raises(InputError, match="decompression bomb"):
+        load_image(data, max_pixels=10**9)  # Pillow's own guard, turned into InputError
+
+
+def test_prepare_image_resizes_to_multiples(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="editmgt.images"):
+        tensor, info = prepare_image(_rgb(100, 50), size=64, multiple=16)
+    assert info.resized and info.original_size == (100, 50)
+    w, h = info.size
+    assert w % 16 == 0 and h % 16 == 0 and w > h
+    assert tensor.shape == (1, 3, h, w) and tensor.dtype == torch.float32
+    assert 0 <= tensor.min() and tensor.max() <= 1
+    assert "resizing image" in caplog.text
+    same, info = prepare_image(_rgb(64, 32), multiple=16)
+    assert not info.resized and same.shape == (1, 3, 32, 64)
+    assert fit_size((64, 32), (70, 60), 16) == (64, 64)
+    assert fit_size((5, 5), None, 16) == (16, 16)
+    with pytest.raises(InputError):
+        fit_size((5, 5), 0, 16)
+
+
+def test_mask_white_and_alpha() -> None:
+    grey = np.zeros((32, 48), dtype=np.uint8)
+    grey[:, :24] = 255
+    mask = load_mask(Image.fromarray(grey), (48, 32))
+    assert mask.dtype == torch.bool and mask.shape == (32, 48)
+    assert mask[:, :24].all() and not mask[:, 24:].any()
+    strokes = np.zeros((32, 48, 4), dtype=np.uint8)
+    strokes[:16, :, 3] = 255  # black paint, opaque, on a transparent layer
+    mask = load_mask(Image.fromarray(strokes, mode="RGBA"), (48, 32))
+    assert mask[:16].all() and not mask[16:].any()
+    assert load_mask(grey > 0, (48, 32)).sum() == 32 * 24
+
+
+def test_mask_grid_and_size_mismatch() -> None:
+    grey = np.zeros((64, 64), dtype=np.uint8)
+    grey[:, :40] = 255  # 40 of 64 columns = 5 of 8 cells
+    grid = load_mask(grey, (64, 64), grid=(8, 8))
+    assert grid.shape == (8, 8) and grid[:, :5].all() and not grid[:, 5:].any()
+    with pytest.raises(InputError, match="the mask is 64x64 but the image is 128x64"):
+        load_mask(grey, (128, 64))
+    stretched = load_mask(grey, (128, 64), resize=True)
+    assert stretched.shape == (64, 128)
