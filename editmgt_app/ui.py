@@ -28,15 +28,17 @@ GPU = dict(concurrency_id="gpu", concurrency_limit=1)
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 
 
-class CheckedImage(gr.Image):
-    """gr.Image whose upload errors (not an image, corrupt, decompression bomb) become a
-    specific gr.Error instead of a generic failure. Same front-end as gr.Image."""
+def checked_image(**kwargs) -> gr.Image:
+    """gr.Image(type="filepath", image_mode=None) whose upload errors (not an image, corrupt,
+    decompression bomb) become a specific gr.Error instead of a generic failure. The
+    component's own preprocess is wrapped on the instance (a subclass would make Gradio
+    write a .pyi stub next to this module)."""
+    component = gr.Image(type="filepath", image_mode=None, format="png", **kwargs)
+    preprocess = component.preprocess
 
-    is_template = True
-
-    def preprocess(self, payload):
+    def checked(payload):
         try:
-            return super().preprocess(payload)
+            return preprocess(payload)
         except gr.Error:
             raise
         except Image.DecompressionBombError as err:
@@ -45,6 +47,9 @@ class CheckedImage(gr.Image):
             name = getattr(payload, "orig_name", None) or "the upload"
             raise gr.Error(f"{name!s} is not an image that can be read ({type(err).__name__}: {err}); "
                            "use PNG, JPEG, WebP, GIF, BMP or TIFF") from None
+
+    component.preprocess = checked
+    return component
 
 
 def user_errors(fn):
@@ -190,10 +195,9 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT")
             with gr.Tab("Edit", id="edit"):
                 with gr.Row():
                     with gr.Column(scale=1, min_width=320):
-                        image = CheckedImage(label="Photo (upload, paste or webcam)", type="filepath",
-                                             image_mode=None, format="png",
-                                             sources=["upload", "clipboard", "webcam"], elem_id="source-image",
-                                             height=320)
+                        image = checked_image(label="Photo (upload, paste or webcam)",
+                                              sources=["upload", "clipboard", "webcam"], elem_id="source-image",
+                                              height=320)
                         instruction = gr.Textbox(label="Instruction", placeholder="make the cat black", lines=2,
                                                  max_length=MAX_INSTRUCTION_CHARS, elem_id="instruction")
                         with gr.Row():
@@ -289,7 +293,7 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT")
 
         # Named API endpoints on hidden components (None = the model's default).
         with gr.Column(visible=False):
-            a_image = CheckedImage(label="image", type="filepath", image_mode=None, format="png")
+            a_image = checked_image(label="image")
             a_instruction = gr.Textbox(label="instruction")
             a_model = gr.Dropdown(choices=zoo.ids, value=default_model, label="model", allow_custom_value=True)
             a_steps = gr.Number(value=None, label="steps")
@@ -303,7 +307,7 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT")
             a_strength = gr.Number(value=None, label="smoothing_strength")
             a_negative = gr.Textbox(value=None, label="negative_prompt")
             a_seed = gr.Number(value=None, label="seed")
-            a_mask = CheckedImage(label="mask", type="filepath", image_mode=None, format="png")
+            a_mask = checked_image(label="mask")
             a_8bit = gr.Checkbox(value=False, label="load_8bit")
             a_lambdas = gr.JSON(value=None, label="lambdas")
             a_prompt = gr.Textbox(label="prompt")
