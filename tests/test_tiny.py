@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from editmgt.hub import check_checkpoint
-from editmgt.tiny import TINY_IMAGE_SIZE, make_tiny_checkpoint, write_tiny_checkpoint
+from editmgt.tiny import TINY_IMAGE_SIZE, main, make_tiny_checkpoint, write_tiny_checkpoint
 
 EXPECTED = {
     "editmgt": {"config.json", "diffusion_pytorch_model.safetensors"},
@@ -77,8 +77,12 @@ def test_deterministic_and_cached(tmp_path: Path, tiny_checkpoint: Path) -> None
 
 
 def test_cli_other_seed(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    help_text = subprocess.run(
+        [sys.executable, "-m", "editmgt.tiny", "--help"], check=True, capture_output=True, text=True
+    ).stdout
+    assert "OUT_DIR" in help_text.upper() and "--seed" in help_text
     out = tmp_path / "seed1"
-    subprocess.run([sys.executable, "-m", "editmgt.tiny", str(out), "--seed", "1"], check=True, capture_output=True)
+    assert main([str(out), "--seed", "1"]) == 0
     a, b = _digests(out), _digests(tiny_checkpoint)
     assert a.keys() == b.keys()
     assert a["editmgt/diffusion_pytorch_model.safetensors"] != b["editmgt/diffusion_pytorch_model.safetensors"]
