@@ -104,8 +104,6 @@ class TransformerConfig:
                 f"axes_dims_rope {self.axes_dims_rope} must be even and sum to "
                 f"attention_head_dim {self.attention_head_dim}"
             )
-        if self.connector_type == "none" and self.joint_attention_dim != self.inner_dim:
-            logger.info("no connector: context_embedder maps %d -> %d", self.joint_attention_dim, self.inner_dim)
 
     @property
     def inner_dim(self) -> int:
