@@ -131,10 +131,10 @@ def reference_bias(
     is_ref = torch.zeros(context_len + reference_len, dtype=torch.bool, device=device)
     is_ref[context_len:] = True
     cross = is_ref[:, None] ^ is_ref[None, :]
-    # log of the float32 gamma (as the released code computes it), then cast to q's dtype
-    log_gamma = torch.log(torch.tensor(gamma, dtype=torch.float32)).item()
-    bias = torch.zeros(cross.shape, dtype=dtype, device=device)
-    return bias.masked_fill_(cross, log_gamma)
+    # log of the float32 gamma (as the released code computes it), then cast to q's dtype;
+    # kept a tensor (no .item()), so building the bias never waits on the host
+    log_gamma = torch.log(torch.tensor(gamma, dtype=torch.float32)).to(device=device, dtype=dtype)
+    return torch.where(cross, log_gamma, torch.zeros((), dtype=dtype, device=device))
 
 
 def _text_to_image(q: Tensor, k: Tensor, text_len: int, image_len: int, probe: AttentionProbe) -> Tensor:

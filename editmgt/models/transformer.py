@@ -70,6 +70,7 @@ TIMESTEP_SCALE = 1000.0      # the model embeds scheduler step x 1000
 NORM_EPS = 1e-6
 CONNECTOR_TYPES = ("none", "linear")
 PICKLE_SUFFIXES = (".bin", ".pt", ".ckpt", ".pth")
+STATIC_CACHE_ENTRIES = 4     # cached (RoPE, gamma bias) sets; one per (shapes, gamma, dtype, device)
 
 
 @dataclass
@@ -347,6 +348,7 @@ class EditMGTTransformer(nn.Module):
         self.connector: Optional[TextConnector] = (
             TextConnector(config.joint_attention_dim, dim) if config.connector_type == "linear" else None
         )
+        self._static_inputs: dict[tuple, tuple[Rope, Optional[Tensor]]] = {}  # see _rope_and_bias
 
     # ------------------------------------------------------------------ properties
 
@@ -422,11 +424,8 @@ class EditMGTTransformer(nn.Module):
         image, grid = self._embed_tokens(tokens)  # (B, N, C)
         reference = self._embed_tokens(reference_tokens)[0] if reference_tokens is not None else None
 
-        # 4. positions and the gamma bias, once per forward
-        rope = self._rope(text.shape[1], grid, with_reference=reference is not None)
-        bias = None
-        if reference is not None:
-            bias = reference_bias(text.shape[1] + image.shape[1], reference.shape[1], gamma, dtype, image.device)
+        # 4. positions and the gamma bias (built on the first call for these shapes, then reused)
+        rope, bias = self._rope_and_bias(text.shape[1], grid, reference is not None, gamma)
 
         # 5. blocks
         captured: dict[int, Tensor] = {}
@@ -507,6 +506,32 @@ class EditMGTTransformer(nn.Module):
         grid = (x.shape[2], x.shape[3])
         x = x.flatten(2).transpose(1, 2)  # (B, N, C)
         return self.project_to_hidden(self.project_to_hidden_norm(x)), grid
+
+    def _rope_and_bias(
+        self, text_len: int, grid: tuple[int, int], with_reference: bool, gamma: float
+    ) -> tuple[Rope, Optional[Tensor]]:
+        """RoPE tables and gamma bias for these shapes, cached per (shapes, gamma, dtype, device):
+        a sampling loop calls the model with the same ones every step, so they are built once
+        (no per-step allocation or launches). Entries are built outside inference mode, so one
+        made under `torch.inference_mode` also serves forwards that record autograd."""
+        key = (text_len, tuple(grid), with_reference, float(gamma), self.dtype, self.device)
+        entry = self._static_inputs.get(key)
+        if entry is None:
+            with torch.inference_mode(False), torch.no_grad():
+                rope = self._rope(text_len, grid, with_reference)
+                bias = None
+                if with_reference:
+                    image_len = grid[0] * grid[1]
+                    bias = reference_bias(text_len + image_len, image_len, gamma, self.dtype, self.device)
+            entry = (rope, bias)
+            while len(self._static_inputs) >= STATIC_CACHE_ENTRIES:
+                self._static_inputs.pop(next(iter(self._static_inputs)))
+            self._static_inputs[key] = entry
+        return entry
+
+    def _apply(self, fn, *args, **kwargs):
+        self._static_inputs.clear()  # .to() / .half(): entries would keep the old device / dtype
+        return super()._apply(fn, *args, **kwargs)
 
     def _rope(self, text_len: int, grid: tuple[int, int], with_reference: bool) -> Rope:
         """RoPE tables for [text; image] (+ reference, same positions as the image)."""
