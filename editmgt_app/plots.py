@@ -12,7 +12,6 @@ matplotlib.use("Agg")  # no display on servers; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
-from scipy import ndimage  # noqa: E402
 
 OUTLINE_RGB = (0, 255, 255)
 
@@ -36,14 +35,22 @@ def heatmap_overlay(source: Image.Image, scores: np.ndarray, held: Optional[np.n
         held_img = Image.fromarray(np.asarray(held, dtype=np.uint8) * 255, "L").resize(size, Image.NEAREST)
         region = np.asarray(held_img) > 127
         width = max(1, round(min(size) / 128))
-        edge = region & ~ndimage.binary_erosion(region, iterations=width, border_value=1)
+        edge = region & ~_erode(region, width)
         out[edge] = OUTLINE_RGB
     return Image.fromarray(out, "RGB")
 
 
+def _erode(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """Binary erosion with a 4-neighbour cross; outside the image counts as set."""
+    for _ in range(iterations):
+        p = np.pad(mask, 1, constant_values=True)
+        mask = mask & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    return mask
+
+
 def lambda_curve(lambdas: Sequence[float], l1_to_source: Sequence[float], current: Optional[float] = None,
                  baseline: Optional[float] = None, l1_to_reconstruction: Optional[Sequence[float]] = None,
-                 size: tuple[int, int] = (480, 320)) -> Image.Image:
+                 size: tuple[int, int] = (520, 360)) -> Image.Image:
     """The L1-to-source curve over lambda, with a marker at `current` and a dashed line at
     the VQ-reconstruction baseline; returned as an RGB image (`size` pixels)."""
     order = np.argsort(lambdas)

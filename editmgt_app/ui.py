@@ -244,7 +244,7 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT")
                                             format="png", interactive=False, elem_id="heatmap")
                         with gr.Row():
                             curve = gr.Image(label="L1 to source vs lambda", type="pil", format="png",
-                                             interactive=False, elem_id="curve")
+                                             interactive=False, elem_id="curve", height=380)
                             info = gr.JSON(label="Info", elem_id="info")
                         gallery = gr.Gallery(label="Sweep", format="png", columns=6, height=200,
                                              elem_id="sweep-gallery")

@@ -7,7 +7,6 @@ import shutil
 import struct
 import threading
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -25,17 +24,13 @@ FAST = {"steps": 2}  # the tiny model at 2 steps keeps every call well under a s
 
 
 def launch_app(tiny_checkpoint: Path, tmp: Path, **launch_kwargs):
-    """Build and launch the app the way app.py does, on the session's tiny checkpoint, with a
-    'broken' entry whose weights are garbage. Returns (demo, url, service)."""
+    """Build the app with app.py's own `create_app`, on the session's tiny checkpoint, with
+    an extra 'broken' zoo entry whose weights are garbage; launch it in this process."""
     import copy
 
     import yaml
 
-    from editmgt_app.loading import PipelineLoader
-    from editmgt_app.manager import ModelManager
-    from editmgt_app.service import EditService
-    from editmgt_app.ui import build_demo
-    from editmgt_app.zoo import load_zoo, parse_entry
+    import app as app_module
 
     broken = tmp / "broken"
     shutil.copytree(tiny_checkpoint, broken)
@@ -44,11 +39,12 @@ def launch_app(tiny_checkpoint: Path, tmp: Path, **launch_kwargs):
     raw = yaml.safe_load((ROOT / "checkpoints.yaml").read_text())
     item = copy.deepcopy(next(e for e in raw["models"] if e["id"] == "tiny"))
     item.update(id="broken", label="Broken checkpoint", source={"path": str(broken)})
-    zoo = load_zoo(ROOT / "checkpoints.yaml", overrides={"tiny": str(tiny_checkpoint)})
-    zoo = zoo.with_entries(parse_entry(item, "test"))
-    manager = ModelManager(zoo, PipelineLoader(local_files_only=True), device="cpu", budget_bytes=2**30)
-    service = EditService(manager)
-    demo = build_demo(service, "tiny")
+    raw["models"].append(item)
+    zoo_file = tmp / "checkpoints.yaml"
+    zoo_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    args = app_module.parse_args(["--zoo", str(zoo_file), "--checkpoint", f"tiny={tiny_checkpoint}",
+                                  "--device", "cpu", "--memory-budget", "1"])
+    demo, service = app_module.create_app(args)
     demo.queue(default_concurrency_limit=1)
     _app, url, _share = demo.launch(prevent_thread_lock=True, quiet=True, server_name="127.0.0.1",
                                     **launch_kwargs)

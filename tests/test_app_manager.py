@@ -156,3 +156,57 @@ def test_measure_bytes_counts_shared_storage_once():
     lin = torch.nn.Linear(10, 10)
     holder = SimpleNamespace(a=lin, b=lin, t=lin.weight, extra=[torch.zeros(5)])
     assert measure_bytes(holder) == (100 + 10 + 5) * 4
+
+
+# ---------------------------------------------------------------------------- the real tiny pipeline
+
+
+def test_tiny_pipelines_share_components_evict_and_quantise(tiny_checkpoint, tmp_path):
+    """Two zoo entries on the same tiny checkpoint share every component; an 8-bit load is a
+    separate transformer / text encoder whose linears are int8 and which still edits on the
+    CPU; a budget that fits one model evicts the other, and its tensors are freed."""
+    import bitsandbytes as bnb
+
+    from editmgt_app.loading import PipelineLoader
+    from editmgt_app.zoo import Zoo, parse_entry
+
+    tiny = next(e for e in RAW["models"] if e["id"] == "tiny")
+    entries = []
+    for model_id in ("t1", "t2"):
+        item = copy.deepcopy(tiny)
+        item.update(id=model_id, label=model_id, source={"path": str(tiny_checkpoint)})
+        entries.append(parse_entry(item, model_id))
+    zoo = Zoo({e.id: e for e in entries}, ["t1"])
+    manager = ModelManager(zoo, PipelineLoader(local_files_only=True), device="cpu", budget_bytes=10**9)
+    p1, p2 = manager.get("t1"), manager.get("t2")
+    assert p1 is not p2 and p1.transformer is p2.transformer and p1.vq is p2.vq and p1.text is p2.text
+    assert sum(manager.load_counts.values()) == 4  # transformer, vqvae, text, scheduler: once each
+    fp32_bytes = manager.used_bytes
+
+    q = manager.get("t1", load_8bit=True)
+    assert q.vq is p1.vq and q.transformer is not p1.transformer  # the VQ model is shared
+    assert any(isinstance(m, bnb.nn.Linear8bitLt) for m in q.transformer.modules())
+    assert any(isinstance(m, bnb.nn.Linear8bitLt) for m in q.text.modules())
+    saved = {s.id: s for s in manager.status()}["t1"].reason
+    assert "8-bit saves" in saved
+    result = q.edit(str(ROOT / "examples" / "coffee.jpg"), "make the cup red", steps=2, seed=0)
+    assert 0 <= result.changed_fraction <= 1
+
+    # a budget for one model: switching evicts the least recently used one, for real
+    del p1, p2, q
+    manager = ModelManager(zoo, PipelineLoader(local_files_only=True), device="cpu", budget_bytes=fp32_bytes + 1)
+    transformer_ref = weakref.ref(manager.get("t1").transformer)
+    vq_ref = weakref.ref(manager.get("t1").vq)
+    manager.get("t1", load_8bit=True)  # over budget: the fp32 t1 goes, the shared VQ model stays
+    gc.collect()
+    assert manager.loaded() == [("t1", True)]
+    assert transformer_ref() is None and vq_ref() is not None
+    manager.get("t2")  # fp32 parts load again (counted); the 8-bit t1 goes
+    gc.collect()
+    assert manager.loaded() == [("t2", False)]
+    assert manager.used_bytes <= fp32_bytes
+    fp32_transformer = [k for k in manager.load_counts if k.role == "transformer" and not k.load_8bit]
+    assert [manager.load_counts[k] for k in fp32_transformer] == [2]
+    manager.evict(("t2", False))
+    gc.collect()
+    assert vq_ref() is None and manager.used_bytes == 0
