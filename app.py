@@ -84,7 +84,7 @@ def create_app(args: argparse.Namespace):
     if args.preload or ON_SPACE:
         manager.get(default, args.load_8bit)
     service = EditService(manager)
-    return build_demo(service, default), service
+    return build_demo(service, default, default_8bit=args.load_8bit), service
 
 
 def main(argv=None) -> None:

@@ -107,7 +107,11 @@ def cuda_free_bytes() -> Optional[int]:
 def default_budget(device: str) -> int:
     """90% of free GPU memory on CUDA, else half of the available RAM."""
     if str(device).startswith("cuda") and torch.cuda.is_available():
-        return int(0.9 * (cuda_free_bytes() or 0))
+        try:
+            return int(0.9 * (cuda_free_bytes() or 0))
+        except RuntimeError:  # e.g. ZeroGPU: no device attached outside @spaces.GPU calls
+            logger.warning("cannot query free GPU memory; using a 40 GB budget (set --memory-budget)")
+            return 40 * 1024**3
     try:
         import psutil
 
@@ -232,7 +236,10 @@ class ModelManager:
                     f"{str(self.dtype).replace('torch.', '')} | models {self.used_bytes / 2**20:.0f} MB"
                     f" of {self.budget_bytes / 2**30:.1f} GB budget")
         if torch.cuda.is_available() and self.device.startswith("cuda"):
-            line += f" | GPU allocated {torch.cuda.memory_allocated() / 2**30:.2f} GB"
+            try:
+                line += f" | GPU allocated {torch.cuda.memory_allocated() / 2**30:.2f} GB"
+            except RuntimeError:  # no device attached right now (ZeroGPU)
+                pass
         return line
 
     # ------------------------------------------------------------------ loading

@@ -88,7 +88,8 @@ def _opt(value: Any) -> Any:
     return None if value is None or (isinstance(value, str) and not value.strip()) else value
 
 
-def build_demo(service: EditService, default_model: str, title: str = "EditMGT") -> gr.Blocks:
+def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
+               default_8bit: bool = False) -> gr.Blocks:
     zoo = service.manager.zoo
     choices = [(zoo[m].label, m) for m in zoo.ids]
     t2i_default = next((m for m in zoo.ids if zoo[m].task == "text-to-image" and service.manager.resolve(m).available),
@@ -203,7 +204,7 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT")
                         with gr.Row():
                             model = gr.Dropdown(choices=choices, value=default_model, label="Model",
                                                 elem_id="model", scale=3)
-                            use_8bit = gr.Checkbox(label="8-bit", value=False, scale=1,
+                            use_8bit = gr.Checkbox(label="8-bit", value=default_8bit, scale=1,
                                                    info="quantise transformer + Gemma2 linears")
                         run = gr.Button("Edit", variant="primary", elem_id="run-edit")
                         with gr.Accordion("Mask brush (optional: paint where to edit)", open=False):

@@ -1,0 +1,51 @@
+"""The demo's input helpers and pictures: brush-editor masks, lambda lists, heat-map outline."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from editmgt.errors import InputError
+from editmgt_app.inputs import check_number, mask_from_editor, parse_lambdas
+from editmgt_app.plots import heatmap_overlay, lambda_curve
+
+
+def test_mask_from_editor_uses_layer_alpha_resized_to_the_image():
+    layer = Image.new("RGBA", (40, 20), (0, 0, 0, 0))
+    layer.paste((0, 0, 0, 255), (0, 0, 10, 10))
+    value = {"background": Image.new("RGB", (40, 20)), "layers": [layer], "composite": None}
+    mask = mask_from_editor(value, (80, 40))
+    assert mask.size == (80, 40) and mask.mode == "L"
+    array = np.asarray(mask) > 0
+    assert array[:20, :20].all() and not array[20:, 20:].any()
+
+
+def test_empty_editor_layers_mean_no_mask():
+    empty = Image.new("RGBA", (40, 20), (0, 0, 0, 0))
+    assert mask_from_editor({"background": None, "layers": [empty], "composite": None}, (40, 20)) is None
+    assert mask_from_editor({"background": None, "layers": [], "composite": None}, (40, 20)) is None
+    assert mask_from_editor(None, (40, 20)) is None
+
+
+def test_lambdas_and_numbers():
+    assert parse_lambdas("0, 0.5;1") == [0.0, 0.5, 1.0]
+    with pytest.raises(InputError, match=r"lambda must be a number in \[0.0, 1.0\], got 2"):
+        parse_lambdas([0, 2])
+    with pytest.raises(InputError, match="between 1 and 16"):
+        parse_lambdas([])
+    with pytest.raises(InputError, match="numbers separated by commas"):
+        parse_lambdas("a, b")
+    with pytest.raises(InputError, match="steps must be an integer"):
+        check_number("steps", True, 1, 10, integer=True)
+
+
+def test_heatmap_outlines_the_held_region_and_curve_renders():
+    source = Image.new("RGB", (64, 48), "white")
+    scores = np.linspace(0, 1, 48, dtype=np.float32).reshape(6, 8)
+    held = scores < 0.5
+    out = np.asarray(heatmap_overlay(source, scores, held))
+    assert out.shape == (48, 64, 3)
+    assert (out == [0, 255, 255]).all(-1).any()  # outline drawn
+    plain = np.asarray(heatmap_overlay(source, scores, np.zeros_like(held)))
+    assert not (plain == [0, 255, 255]).all(-1).any()
+    curve = lambda_curve([0, 0.5, 1], [0.3, 0.2, 0.1], current=0.25, baseline=0.1)
+    assert curve.size == (520, 360)
