@@ -1,0 +1,1 @@
+"""Synthetic data for the offline shapes model (issue 5)."""

@@ -1,0 +1,1 @@
+"""Evaluation of the shapes model (issue 5)."""

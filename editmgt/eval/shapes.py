@@ -1,0 +1,386 @@
+"""Measure a shapes EditMGT: edit success, leakage, localisation IoU, L1 against lambda.
+
+    python -m editmgt.eval.shapes --model DIR --n 300 --seed 0 [--out runs/shapes-eval]
+
+Edits held-out scenes with held-out phrasings (`editmgt.data.shapes`, split "eval") and
+prints one table:
+
+- success: per edit kind and overall, checked from pixels (requested colour / shape kind
+  in the target region, absence after removal, the new background, grey for the style);
+- leakage: mean L1 (pixels in [0, 1]) between the edit and the source outside the true
+  target region, for every lambda of the grid (style edits have no outside and are left
+  out); the VQ round-trip floor of the same pixels is printed beside it;
+- localisation: IoU between the true target mask and the tokens whose consolidated
+  attention score is >= lambda (the tokens region-hold lets change), for block ranges
+  "paper" (the 28-36 analogue), "all", "double" and "single";
+- the Figure 4 analogue: L1 to the source and success against lambda, saved as a plot.
+
+Every lambda of one scene is sampled from the same seed (`EditMGTPipeline.sweep`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from editmgt.data import shapes as data
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LAMBDAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
+IOU_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+COLOUR_FRACTION = 0.5        # share of a shape's inner pixels that must have its colour
+ABSENT_FRACTION = 0.2        # at most this share of a removed shape's pixels keep its colour
+SHAPE_IOU = 0.5              # shape-kind check: best-matching kind and IoU >= this
+BACKGROUND_L1 = 0.1          # background edits: mean L1 to the target background
+STYLE_SATURATION = 0.08      # style edits: mean (max - min) channel spread on the shapes
+STYLE_L1 = 0.1               # style edits: mean L1 to the target (structure kept)
+
+
+# ----------------------------------------------------------------------------- pixel checks
+
+def erode(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
+    """Binary erosion with a 3 x 3 square (pixels outside the image count as False)."""
+    out = mask.copy()
+    for _ in range(iterations):
+        p = np.pad(out, 1, constant_values=False)
+        acc = np.ones_like(out)
+        for dy in range(3):
+            for dx in range(3):
+                acc &= p[dy:dy + out.shape[0], dx:dx + out.shape[1]]
+        out = acc
+    return out
+
+
+def _colour_index(name: str) -> int:
+    return list(data.all_colours()).index(name)
+
+
+def colour_fraction(img: np.ndarray, mask: np.ndarray, colour: str) -> float:
+    """Share of `mask` pixels whose nearest named colour is `colour`."""
+    if not mask.any():
+        return 0.0
+    return float((data.classify_pixels(img)[mask] == _colour_index(colour)).mean())
+
+
+def shape_kind_scores(img: np.ndarray, cell: int, colour: str) -> dict[str, float]:
+    """IoU of the `colour` pixels of a cell with each shape kind drawn in that cell."""
+    x0, y0, x1, y1 = data.cell_box(cell)
+    box = np.zeros(img.shape[:2], bool)
+    box[max(0, y0 - 2):y1 + 2, max(0, x0 - 2):x1 + 2] = True
+    painted = (data.classify_pixels(img) == _colour_index(colour)) & box
+    scores = {}
+    for kind in data.SHAPE_KINDS:
+        ref = data.shape_mask(kind, cell, img.shape[0])
+        union = (painted | ref).sum()
+        scores[kind] = float((painted & ref).sum() / union) if union else 0.0
+    return scores
+
+
+def has_shape(img: np.ndarray, shape: data.Shape) -> bool:
+    """The shape's colour fills its inner pixels and its kind matches best (IoU >= 0.5)."""
+    inner = erode(data.shape_mask(shape.kind, shape.cell, img.shape[0]))
+    if colour_fraction(img, inner, shape.colour) < COLOUR_FRACTION:
+        return False
+    scores = shape_kind_scores(img, shape.cell, shape.colour)
+    best = max(scores, key=scores.get)
+    return best == shape.kind and scores[best] >= SHAPE_IOU
+
+
+def is_absent(img: np.ndarray, shape: data.Shape, keep: Optional[np.ndarray] = None) -> bool:
+    """At most 20 % of the shape's inner pixels (outside `keep`) still have its colour."""
+    inner = erode(data.shape_mask(shape.kind, shape.cell, img.shape[0]))
+    if keep is not None:
+        inner &= ~keep
+    return colour_fraction(img, inner, shape.colour) <= ABSENT_FRACTION
+
+
+def check_edit(output: np.ndarray, triple: data.EditTriple) -> bool:
+    """Did `output` (H, W, 3 uint8) carry out the triple's edit? Judged from pixels only."""
+    info, kind = triple.info, triple.kind
+    if kind == "colour":
+        new = info["new"]
+        inner = erode(data.shape_mask(new.kind, new.cell, output.shape[0]))
+        return colour_fraction(output, inner, new.colour) >= COLOUR_FRACTION
+    if kind in ("add", "replace"):
+        return has_shape(output, info["new"])
+    if kind == "remove":
+        return is_absent(output, info["old"])
+    if kind == "move":
+        new = info["new"]
+        return has_shape(output, new) and is_absent(
+            output, info["old"], keep=data.shape_mask(new.kind, new.cell, output.shape[0]))
+    if kind == "background":
+        region = erode(triple.mask, 2)
+        diff = np.abs(output.astype(np.float64) - triple.target.astype(np.float64)) / 255.0
+        return float(diff[region].mean()) <= BACKGROUND_L1
+    if kind == "style":
+        x = output.astype(np.float64) / 255.0
+        shapes = erode(data.shapes_union(triple.source_scene, output.shape[0]))
+        spread = float((x.max(-1) - x.min(-1))[shapes].mean())
+        l1 = float(np.abs(x - triple.target.astype(np.float64) / 255.0).mean())
+        return spread <= STYLE_SATURATION and l1 <= STYLE_L1
+    raise ValueError(f"unknown edit kind {kind!r}")
+
+
+def outside_l1(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+    """Mean |a - b| / 255 over pixels outside `mask`; nan when there are none."""
+    outside = ~mask
+    if not outside.any():
+        return float("nan")
+    diff = np.abs(a.astype(np.float64) - b.astype(np.float64)) / 255.0
+    return float(diff[outside].mean())
+
+
+def iou(pred: np.ndarray, truth: np.ndarray) -> float:
+    union = (pred | truth).sum()
+    return float((pred & truth).sum() / union) if union else 1.0
+
+
+# ----------------------------------------------------------------------------- block ranges
+
+def block_ranges(num_double: int, num_single: int, paper: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    """The hold-block ranges compared: the 28-36 analogue, all, double only, single only."""
+    n = num_double + num_single
+    ranges = {"paper": tuple(paper), "all": tuple(range(n))}
+    if num_double:
+        ranges["double"] = tuple(range(num_double))
+    if num_single:
+        ranges["single"] = tuple(range(num_double, n))
+    return ranges
+
+
+@torch.inference_mode()
+def attention_scores(pipe, tokens: torch.Tensor, source_tokens: torch.Tensor, instruction: str,
+                     ranges: dict[str, tuple[int, ...]], gamma: float, smoothing: str,
+                     strength: float, size: int) -> dict[str, np.ndarray]:
+    """Consolidated scores (h, w) on the VQ grid per block range, from one forward pass of
+    the conditional branch on the final canvas `tokens` (h, w) (the last sampling step's
+    input), as the pipeline computes them for region-hold."""
+    from editmgt.models.transformer import AttentionProbe
+    from editmgt.sampling.localization import consolidate
+
+    model = pipe.transformer
+    device = pipe.device
+    text = pipe.text.encode([instruction])
+    dtype = next(model.parameters()).dtype
+    blocks = tuple(sorted({b for r in ranges.values() for b in r}))
+    micro = torch.tensor([[size, size, 0, 0, 6]], dtype=torch.float32, device=device)
+    out = model(tokens[None].to(device), text.states.to(device, dtype), text.pooled.to(device, dtype),
+                micro, torch.zeros(1, dtype=torch.long, device=device),
+                reference_tokens=source_tokens[None].to(device), gamma=gamma,
+                probe=AttentionProbe(blocks=blocks))
+    h, w = tokens.shape
+    f = model.config.downsample_factor
+    result = {}
+    for name, r in ranges.items():
+        loc = consolidate({b: out.text_to_image[b] for b in r}, (h // f, w // f), (h, w),
+                          smoothing=smoothing, strength=strength)
+        result[name] = loc.scores[0].reshape(h, w).float().cpu().numpy()
+    return result
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+@dataclass
+class EvalSettings:
+    """Sampler settings of the evaluation (the tiny-shapes defaults)."""
+
+    steps: int = 16
+    guidance: float = 2.0
+    gamma: float = 1.0
+    smoothing: str = "adaptive"
+    smoothing_strength: float = 1.0
+    negative_prompt: str = ""
+    lambdas: tuple[float, ...] = DEFAULT_LAMBDAS
+
+
+@dataclass
+class EvalResult:
+    """Per-triple records and the summary table."""
+
+    settings: dict
+    records: list[dict] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+
+def evaluate(model_dir: str | Path, n: int = 300, seed: int = 0,
+             settings: Optional[EvalSettings] = None, pipe=None,
+             save_examples: Optional[Path] = None) -> EvalResult:
+    """Edit `n` held-out triples at every lambda and measure them (see module doc)."""
+    from editmgt.pipeline import EditMGTPipeline
+
+    settings = settings or EvalSettings()
+    pipe = pipe or EditMGTPipeline.from_pretrained(model_dir)
+    cfg = pipe.transformer.config
+    ranges = block_ranges(cfg.num_layers, cfg.num_single_layers, pipe.default_hold_blocks())
+    lambdas = list(settings.lambdas)
+    if 0.0 not in lambdas:
+        lambdas = [0.0] + lambdas
+    result = EvalResult(settings=dict(settings.__dict__, lambdas=lambdas, ranges=ranges))
+    size = data.IMAGE_SIZE
+    t0 = time.time()
+    for i in range(n):
+        tr = data.make_triple(seed, i, "eval")
+        outs = pipe.sweep(Image.fromarray(tr.source), tr.instruction, lambdas, steps=settings.steps,
+                          guidance=settings.guidance, gamma=settings.gamma,
+                          smoothing=settings.smoothing, smoothing_strength=settings.smoothing_strength,
+                          negative_prompt=settings.negative_prompt, seed=seed * 1_000_003 + i,
+                          size=size)
+        recon = pipe.vq.decode(outs[0].source_tokens[None])[0]
+        recon = (recon.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+        images = [np.asarray(o.image.convert("RGB")) for o in outs]
+        scores = attention_scores(pipe, outs[0].edited_tokens, outs[0].source_tokens, tr.instruction,
+                                  ranges, settings.gamma, settings.smoothing,
+                                  settings.smoothing_strength, size)
+        scale = size // outs[0].edited_tokens.shape[0]
+        ious = {}
+        for name, s in scores.items():
+            up = np.kron(s, np.ones((scale, scale)))                # token scores on pixels
+            ious[name] = [iou(up >= t, tr.mask) for t in IOU_THRESHOLDS]
+        result.records.append({
+            "index": i, "kind": tr.kind, "instruction": tr.instruction,
+            "success": [bool(check_edit(img, tr)) for img in images],
+            "leakage": [outside_l1(img, tr.source, tr.mask) for img in images],
+            "l1": [float(np.abs(img.astype(np.float64) - tr.source).mean() / 255.0) for img in images],
+            "floor": outside_l1(recon, tr.source, tr.mask),
+            "changed": [o.changed_fraction for o in outs],
+            "iou": ious,
+        })
+        if save_examples is not None and i < 14:
+            save_examples.mkdir(parents=True, exist_ok=True)
+            strip = np.concatenate([tr.source, tr.target] + images, axis=1)
+            Image.fromarray(strip).save(save_examples / f"{i:03d}_{tr.kind}.png")
+        if (i + 1) % 25 == 0:
+            logger.info("%d/%d edits (%.0fs)", i + 1, n, time.time() - t0)
+    result.summary = summarise(result.records, lambdas)
+    result.summary["seconds"] = round(time.time() - t0, 1)
+    return result
+
+
+def _mean(values) -> float:
+    values = [v for v in values if v == v]                          # drop nan
+    return float(np.mean(values)) if values else float("nan")
+
+
+def summarise(records: list[dict], lambdas: Sequence[float]) -> dict:
+    """Aggregate per-triple records into the printed table's numbers."""
+    kinds = [k for k in data.EDIT_KINDS if any(r["kind"] == k for r in records)]
+    s: dict = {"n": len(records), "lambdas": list(lambdas), "iou_thresholds": list(IOU_THRESHOLDS)}
+    s["success_by_kind"] = {k: _mean([r["success"][0] for r in records if r["kind"] == k])
+                            for k in kinds}
+    s["count_by_kind"] = {k: sum(r["kind"] == k for r in records) for k in kinds}
+    s["success"] = [_mean([r["success"][j] for r in records]) for j in range(len(lambdas))]
+    s["leakage"] = [_mean([r["leakage"][j] for r in records]) for j in range(len(lambdas))]
+    s["l1"] = [_mean([r["l1"][j] for r in records]) for j in range(len(lambdas))]
+    s["changed"] = [_mean([r["changed"][j] for r in records]) for j in range(len(lambdas))]
+    s["leakage_floor"] = _mean([r["floor"] for r in records])
+    names = list(records[0]["iou"]) if records else []
+    s["iou"] = {name: [_mean([r["iou"][name][t] for r in records]) for t in range(len(IOU_THRESHOLDS))]
+                for name in names}
+    s["iou_by_kind"] = {name: {k: max(_mean([r["iou"][name][t] for r in records if r["kind"] == k])
+                                      for t in range(len(IOU_THRESHOLDS))) for k in kinds}
+                        for name in names}
+    base_success, base_leak = s["success"][0], s["leakage"][0]
+    s["halving_lambdas"] = [lam for j, lam in enumerate(lambdas)
+                            if j > 0 and s["leakage"][j] <= base_leak / 2
+                            and s["success"][j] >= base_success - 0.05]
+    return s
+
+
+def format_table(summary: dict) -> str:
+    """The printed report (plain text, markdown-friendly)."""
+    lines = [f"n = {summary['n']} held-out triples", "", "| edit kind | n | success (lambda 0) |",
+             "|---|---|---|"]
+    for k, v in summary["success_by_kind"].items():
+        lines.append(f"| {k} | {summary['count_by_kind'][k]} | {100 * v:.1f} % |")
+    lines.append(f"| **overall** | {summary['n']} | **{100 * summary['success'][0]:.1f} %** |")
+    lines += ["", f"| lambda | success | leakage (L1 outside region) | L1 to source | tokens changed |",
+              "|---|---|---|---|---|"]
+    for j, lam in enumerate(summary["lambdas"]):
+        lines.append(f"| {lam:.2f} | {100 * summary['success'][j]:.1f} % | {summary['leakage'][j]:.4f} "
+                     f"| {summary['l1'][j]:.4f} | {100 * summary['changed'][j]:.1f} % |")
+    lines.append(f"| VQ floor | | {summary['leakage_floor']:.4f} | | |")
+    halving = summary["halving_lambdas"]
+    lines.append("")
+    lines.append("lambdas that halve leakage losing <= 5 points of success: "
+                 + (", ".join(f"{lam:.2f}" for lam in halving) if halving else "none"))
+    lines += ["", "| block range | " + " | ".join(f"IoU@{t:.1f}" for t in summary["iou_thresholds"])
+              + " | best |", "|---|" + "---|" * (len(summary["iou_thresholds"]) + 1)]
+    for name, values in summary["iou"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + f" | {max(values):.3f} |")
+    kinds = list(summary["success_by_kind"])
+    lines += ["", "| block range | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+    for name, per_kind in summary["iou_by_kind"].items():
+        lines.append(f"| {name} (best IoU) | " + " | ".join(f"{per_kind[k]:.3f}" for k in kinds) + " |")
+    return "\n".join(lines)
+
+
+def plot_curve(summary: dict, path: Path) -> None:
+    """Figure 4 analogue: L1 to source, leakage and success against lambda."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lam = summary["lambdas"]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    ax.plot(lam, summary["l1"], "o-", label="L1 to source (all pixels)")
+    ax.plot(lam, summary["leakage"], "s-", label="leakage (outside target)")
+    ax.axhline(summary["leakage_floor"], color="gray", ls=":", label="VQ round-trip floor")
+    ax.set_xlabel("lambda (region-hold threshold)")
+    ax.set_ylabel("mean L1 (pixels in [0, 1])")
+    ax2 = ax.twinx()
+    ax2.plot(lam, [100 * v for v in summary["success"]], "^--", color="tab:green", label="success %")
+    ax2.set_ylabel("edit success (%)")
+    ax2.set_ylim(0, 100)
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=7, loc="center right")
+    ax.set_title(f"tiny-shapes: L1 and success vs lambda (n={summary['n']})", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m editmgt.eval.shapes", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="checkpoint folder (e.g. checkpoints/tiny-shapes)")
+    parser.add_argument("--n", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("runs/shapes-eval"),
+                        help="folder for summary.json, records.json, the plot and example strips")
+    defaults = EvalSettings()
+    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--guidance", type=float, default=defaults.guidance)
+    parser.add_argument("--gamma", type=float, default=defaults.gamma)
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = EvalSettings(steps=args.steps, guidance=args.guidance, gamma=args.gamma)
+    result = evaluate(args.model, args.n, args.seed, settings, save_examples=args.out / "examples")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "summary.json").write_text(json.dumps({"settings": result.settings,
+                                                       **result.summary}, indent=1) + "\n")
+    (args.out / "records.json").write_text(json.dumps(result.records) + "\n")
+    plot_curve(result.summary, args.out / "l1_vs_lambda.png")
+    print(format_table(result.summary))
+    print(f"\nsettings: {json.dumps(result.settings)}")
+    print(f"time: {result.summary['seconds']:.0f}s; plot: {args.out / 'l1_vs_lambda.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Training code: the EditMGT objective, the tiny VQ trainer and the shapes recipe."""

@@ -1,0 +1,212 @@
+"""The EditMGT training objective (paper Eq. 1) and optimiser, for any EditMGTTransformer.
+
+One step: draw progress u ~ U(0, 1) per sample, mask ratio r = mask_ratio(u, schedule)
+(cosine: r = cos(u pi/2), i.e. r has the truncated-arccos density 2/pi (1 - r^2)^-1/2 of
+the paper), mask round(r L) random target tokens (at least one), feed the source tokens
+as the timestep-0 reference stream, and take the cross-entropy on the masked positions
+only. With probability `text_dropout` a sample's text is replaced by a null prompt's
+encoding so the model also learns the unconditional branch of classifier-free guidance.
+
+The code touches the model only through its forward signature and `config.mask_token_id`,
+so it runs the released 1024 px transformer as well as the tiny shapes one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from editmgt.sampling.schedule import mask_ratio
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ObjectiveConfig:
+    """Settings of the masked-token objective."""
+
+    schedule: str = "cosine"          # mask schedule shared with the sampler
+    text_dropout: float = 0.1         # probability of the null prompt per sample (CFG)
+    sampling_steps: int = 16          # maps progress u to the sampler's step value N-1..0
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and clipping; defaults are the paper's (appendix C.1)."""
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-2
+    eps: float = 1e-8
+    grad_clip: float = 10.0
+    warmup_steps: int = 0
+    total_steps: int = 0              # > 0: cosine decay to min_lr_ratio * lr after warm-up
+    min_lr_ratio: float = 0.1
+
+
+@dataclass
+class EditBatch:
+    """A batch of encoded edit pairs.
+
+    target_tokens, source_tokens: (B, H, W) int64 VQ ids.
+    text_states: (B, T, joint_attention_dim); pooled_text: (B, pooled_projection_dim).
+    micro_conds: (B, 5) width, height, crop top, crop left, aesthetic score.
+    """
+
+    target_tokens: Tensor
+    source_tokens: Tensor
+    text_states: Tensor
+    pooled_text: Tensor
+    micro_conds: Tensor
+
+    def to(self, device: torch.device | str) -> "EditBatch":
+        return EditBatch(*(t.to(device) for t in (self.target_tokens, self.source_tokens,
+                                                   self.text_states, self.pooled_text,
+                                                   self.micro_conds)))
+
+
+@dataclass
+class LossOutput:
+    """Loss and diagnostics of one batch."""
+
+    loss: Tensor                      # scalar, mean CE over masked tokens
+    accuracy: float                   # top-1 accuracy on masked tokens
+    masked_fraction: float            # mean fraction of tokens masked
+    copy_accuracy: float              # accuracy on masked tokens equal to the source token
+    edit_accuracy: float              # accuracy on masked tokens that differ from the source
+
+
+def draw_mask(shape: tuple[int, ...], schedule: str, generator: Optional[torch.Generator],
+              device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """Random token mask for a (B, H, W) grid.
+
+    Returns (mask (B, H, W) bool, progress (B,) float): round(r L) positions per sample
+    are masked, at least one, where r = mask_ratio(progress, schedule).
+    """
+    b = shape[0]
+    length = int(math.prod(shape[1:]))
+    progress = torch.rand(b, generator=generator, device=device)
+    ratio = mask_ratio(progress, schedule).clamp(0.0, 1.0)
+    count = (ratio * length).round().clamp(min=1).long()                      # (B,)
+    scores = torch.rand(b, length, generator=generator, device=device)
+    ranks = scores.argsort(dim=1).argsort(dim=1)                              # (B, L)
+    mask = ranks < count[:, None]
+    return mask.view(shape), progress
+
+
+def progress_to_timestep(progress: Tensor, sampling_steps: int) -> Tensor:
+    """Sampler step value (N-1 ... 0) whose masked fraction matches `progress` (B,)."""
+    step = (progress * sampling_steps).floor().clamp(0, sampling_steps - 1)
+    return (sampling_steps - 1 - step).long()
+
+
+def apply_text_dropout(batch: EditBatch, null_states: Tensor, null_pooled: Tensor, p: float,
+                       generator: Optional[torch.Generator]) -> EditBatch:
+    """Replace each sample's text by a null prompt with probability p.
+
+    null_states: (K, T, D) and null_pooled: (K, P) encodings of K null prompts ("" and,
+    optionally, the negative prompt used at inference); one is drawn per dropped sample.
+    """
+    if p <= 0:
+        return batch
+    b = batch.text_states.shape[0]
+    device = batch.text_states.device
+    drop = torch.rand(b, generator=generator, device=device) < p                  # (B,)
+    which = torch.randint(0, null_states.shape[0], (b,), generator=generator, device=device)
+    states = torch.where(drop[:, None, None], null_states[which].to(batch.text_states),
+                         batch.text_states)
+    pooled = torch.where(drop[:, None], null_pooled[which].to(batch.pooled_text),
+                         batch.pooled_text)
+    return EditBatch(batch.target_tokens, batch.source_tokens, states, pooled,
+                     batch.micro_conds)
+
+
+def edit_loss(model: nn.Module, batch: EditBatch, config: ObjectiveConfig,
+              generator: Optional[torch.Generator] = None) -> LossOutput:
+    """Eq. 1: cross-entropy of the masked target tokens given source tokens and text."""
+    mask_id = int(model.config.mask_token_id)
+    target = batch.target_tokens                                              # (B, H, W)
+    mask, progress = draw_mask(tuple(target.shape), config.schedule, generator, target.device)
+    inputs = torch.where(mask, torch.full_like(target, mask_id), target)
+    timestep = progress_to_timestep(progress, config.sampling_steps).to(target.device)
+    out = model(tokens=inputs, text_states=batch.text_states, pooled_text=batch.pooled_text,
+                micro_conds=batch.micro_conds, timestep=timestep,
+                reference_tokens=batch.source_tokens)
+    logits = out.logits.float()                                               # (B, V, H, W)
+    labels = torch.where(mask, target, torch.full_like(target, -100))
+    loss = F.cross_entropy(logits, labels, ignore_index=-100,
+                           label_smoothing=config.label_smoothing)
+    with torch.no_grad():
+        pred = logits.argmax(1)
+        hit = (pred == target) & mask
+        same = target == batch.source_tokens
+        n_m = mask.sum().clamp(min=1)
+        n_copy = (mask & same).sum().clamp(min=1)
+        n_edit = (mask & ~same).sum().clamp(min=1)
+        acc = float(hit.sum() / n_m)
+        copy_acc = float((hit & same).sum() / n_copy)
+        edit_acc = float((hit & ~same).sum() / n_edit)
+    return LossOutput(loss, acc, float(mask.float().mean()), copy_acc, edit_acc)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices and embeddings (dim >= 2), none on biases and norms."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
+    """AdamW with the paper's betas, eps and weight decay (matrices only)."""
+    return torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr,
+                             betas=config.betas, eps=config.eps)
+
+
+def lr_at(step: int, config: OptimConfig) -> float:
+    """Learning rate at `step`: linear warm-up, then constant or cosine decay."""
+    if config.warmup_steps > 0 and step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.total_steps <= 0:
+        return config.lr
+    span = max(1, config.total_steps - config.warmup_steps)
+    t = min(1.0, (step - config.warmup_steps) / span)
+    floor = config.min_lr_ratio
+    return config.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: EditBatch,
+               objective: ObjectiveConfig, optim: OptimConfig, step: int,
+               generator: Optional[torch.Generator] = None,
+               null_text: Optional[tuple[Tensor, Tensor]] = None) -> dict[str, float]:
+    """One optimiser step (text dropout, Eq. 1 loss, clipping, AdamW). Returns scalars."""
+    model.train()
+    if null_text is not None:
+        batch = apply_text_dropout(batch, null_text[0], null_text[1], objective.text_dropout,
+                                   generator)
+    lr = lr_at(step, optim)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    out = edit_loss(model, batch, objective, generator)
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
+    optimizer.step()
+    return {"loss": float(out.loss.detach()), "acc": out.accuracy, "copy_acc": out.copy_accuracy,
+            "edit_acc": out.edit_accuracy, "masked": out.masked_fraction,
+            "grad_norm": float(grad_norm), "lr": lr}
+
+
+def count_parameters(modules: Iterable[nn.Module]) -> int:
+    """Total number of parameters of some modules."""
+    return sum(p.numel() for m in modules for p in m.parameters())

@@ -1,0 +1,199 @@
+"""Train a small diffusers `VQModel` (the aMUSEd/Meissonic VQ layout) on a domain.
+
+Images go in as RGB in [0, 1] (no normalisation, as the released VQ), the loss is the
+mean-squared reconstruction error plus the quantiser's codebook/commitment term, and
+codes left unused for a while are restarted on random encoder outputs so the codebook
+does not collapse.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from diffusers import VQModel
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class VQConfig:
+    """Size of the tiny VQ model (down-sampling factor = 2 ** (len(channels) - 1))."""
+
+    block_out_channels: tuple[int, ...] = (16, 32, 64)
+    layers_per_block: int = 1
+    latent_channels: int = 16
+    num_vq_embeddings: int = 512
+    norm_num_groups: int = 8
+
+    def build(self) -> VQModel:
+        """A fresh VQModel in the released layout (lookup_from_codebook, no mid attention)."""
+        n = len(self.block_out_channels)
+        return VQModel(
+            in_channels=3, out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * n,
+            up_block_types=("UpDecoderBlock2D",) * n,
+            block_out_channels=tuple(self.block_out_channels),
+            layers_per_block=self.layers_per_block, act_fn="silu",
+            latent_channels=self.latent_channels, sample_size=32,
+            num_vq_embeddings=self.num_vq_embeddings, norm_num_groups=self.norm_num_groups,
+            mid_block_add_attention=False, lookup_from_codebook=True, force_upcast=True,
+        )
+
+
+@dataclass
+class VQTrainConfig:
+    """Optimisation of the VQ model: a plain auto-encoder warm-up, a k-means codebook
+    initialised on its latents, then vector-quantised training with dead-code restarts."""
+
+    ae_steps: int = 150           # steps without quantisation
+    steps: int = 300              # quantised steps after the k-means initialisation
+    batch_size: int = 32
+    lr: float = 2e-3
+    kmeans_batches: int = 8       # batches of latents the codebook is clustered from
+    kmeans_iters: int = 15
+    restart_every: int = 25       # steps between dead-code restarts (0 = never)
+    log_every: int = 25
+    history: list = field(default_factory=list)
+
+
+def vq_reconstruct(vq: VQModel, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """images (B, 3, H, W) in [0, 1] -> (reconstruction, commit loss, ids (B, h, w))."""
+    h = vq.encode(images).latents                                         # (B, C, h, w)
+    quant, commit, (_, _, ids) = vq.quantize(h)
+    dec = vq.decoder(vq.post_quant_conv(quant), None)
+    b, _, hh, ww = h.shape
+    return dec, commit, ids.view(b, hh, ww)
+
+
+@torch.no_grad()
+def encode_ids(vq: VQModel, images: Tensor, batch_size: int = 256) -> Tensor:
+    """images (N, 3, H, W) in [0, 1] -> VQ ids (N, h, w) int64."""
+    vq.eval()
+    out = []
+    for i in range(0, images.shape[0], batch_size):
+        h = vq.encode(images[i:i + batch_size]).latents
+        _, _, (_, _, ids) = vq.quantize(h)
+        out.append(ids.view(h.shape[0], h.shape[2], h.shape[3]))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def decode_ids(vq: VQModel, ids: Tensor) -> Tensor:
+    """VQ ids (B, h, w) -> images (B, 3, H, W) clipped to [0, 1]."""
+    vq.eval()
+    b, hh, ww = ids.shape
+    shape = (b, hh, ww, vq.config.latent_channels)
+    img = vq.decode(ids.reshape(b, -1), force_not_quantize=True, shape=shape).sample
+    return img.clamp(0, 1)
+
+
+def _restart_dead_codes(vq: VQModel, usage: Tensor, latents: Tensor,
+                        generator: torch.Generator) -> int:
+    """Move codes unused since the last restart onto random encoder outputs."""
+    dead = (usage == 0).nonzero().flatten()
+    if dead.numel() == 0:
+        return 0
+    flat = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+    pick = torch.randint(0, flat.shape[0], (dead.numel(),), generator=generator)
+    noise = 0.01 * torch.randn(dead.numel(), flat.shape[1], generator=generator)
+    with torch.no_grad():
+        vq.quantize.embedding.weight[dead] = flat[pick] + noise
+    return int(dead.numel())
+
+
+def _kmeans(x: Tensor, k: int, iters: int, generator: torch.Generator) -> Tensor:
+    """(N, C) points -> (k, C) centres (k-means++-free: random init, empty clusters re-drawn)."""
+    centres = x[torch.randperm(x.shape[0], generator=generator)[:k]].clone()
+    for _ in range(iters):
+        assign = torch.cdist(x, centres).argmin(1)
+        sums = torch.zeros_like(centres).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k).float()
+        empty = counts == 0
+        centres = torch.where(empty[:, None], centres, sums / counts.clamp(min=1)[:, None])
+        if empty.any():
+            pick = torch.randint(0, x.shape[0], (int(empty.sum()),), generator=generator)
+            centres[empty] = x[pick]
+    return centres
+
+
+def train_vq(sample_batch: Callable[[int, torch.Generator], Tensor], config: VQConfig,
+             train: VQTrainConfig, seed: int = 0,
+             vq: Optional[VQModel] = None) -> VQModel:
+    """Train a VQModel; `sample_batch(batch_size, generator)` returns (B, 3, H, W) in [0, 1]."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    vq = vq if vq is not None else config.build()
+    vq.train()
+    opt = torch.optim.AdamW(vq.parameters(), lr=train.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    total = train.ae_steps + train.steps
+    t0 = time.time()
+
+    def set_lr(step: int) -> None:
+        lr = train.lr * min(1.0, (step + 1) / 25) * (0.1 + 0.9 * (1 - step / max(1, total)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+
+    # 1. Auto-encoder warm-up (no quantiser).
+    for step in range(train.ae_steps):
+        set_lr(step)
+        x = sample_batch(train.batch_size, gen)
+        rec = vq.decoder(vq.post_quant_conv(vq.encode(x).latents), None)
+        loss = F.mse_loss(rec, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vq.parameters(), 1.0)
+        opt.step()
+        if step % train.log_every == 0:
+            rec_ = {"phase": "ae", "step": step, "mse": float(loss.detach()),
+                    "seconds": round(time.time() - t0, 1)}
+            train.history.append(rec_)
+            logger.info("vq %s", rec_)
+
+    # 2. Codebook = k-means of the warmed-up latents.
+    if train.ae_steps > 0:
+        with torch.no_grad():
+            lat = torch.cat([vq.encode(sample_batch(train.batch_size, gen)).latents
+                             for _ in range(train.kmeans_batches)])
+            flat = lat.permute(0, 2, 3, 1).reshape(-1, lat.shape[1])
+            k = vq.config.num_vq_embeddings
+            if flat.shape[0] < k:
+                flat = flat.repeat((k + flat.shape[0] - 1) // flat.shape[0], 1)
+            vq.quantize.embedding.weight.copy_(_kmeans(flat, k, train.kmeans_iters, gen))
+        logger.info("vq codebook initialised by k-means on %d latents", flat.shape[0])
+
+    # 3. Quantised training with dead-code restarts.
+    usage = torch.zeros(vq.config.num_vq_embeddings, dtype=torch.long)
+    for i in range(train.steps):
+        step = train.ae_steps + i
+        set_lr(step)
+        x = sample_batch(train.batch_size, gen)
+        rec, commit, ids = vq_reconstruct(vq, x)
+        mse = F.mse_loss(rec, x)
+        loss = mse + commit
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vq.parameters(), 1.0)
+        opt.step()
+        usage += torch.bincount(ids.flatten(), minlength=usage.numel())
+        restarted = 0
+        if train.restart_every and (i + 1) % train.restart_every == 0 and i < 0.8 * train.steps:
+            with torch.no_grad():
+                latents = vq.encode(x).latents
+            restarted = _restart_dead_codes(vq, usage, latents, gen)
+            usage.zero_()
+        if i % train.log_every == 0 or i == train.steps - 1:
+            with torch.no_grad():
+                l1 = float((rec.clamp(0, 1) - x).abs().mean())
+            rec_ = {"phase": "vq", "step": step, "mse": float(mse.detach()), "commit": float(commit.detach()),
+                    "l1": l1, "codes_used": int((torch.bincount(ids.flatten()) > 0).sum()),
+                    "restarted": restarted, "seconds": round(time.time() - t0, 1)}
+            train.history.append(rec_)
+            logger.info("vq %s", rec_)
+    vq.eval()
+    return vq

@@ -1,0 +1,74 @@
+"""The synthetic shapes triples: deterministic, split, exact regions, checkable from pixels."""
+
+import numpy as np
+import pytest
+
+from editmgt.data import shapes as data
+from editmgt.eval.shapes import check_edit, iou, outside_l1
+
+
+def test_same_arguments_same_triple():
+    a, b = data.make_triple(3, 17), data.make_triple(3, 17)
+    assert a.instruction == b.instruction
+    assert np.array_equal(a.source, b.source) and np.array_equal(a.target, b.target)
+    assert np.array_equal(a.mask, b.mask)
+    assert data.make_triple(3, 18).instruction != a.instruction or not np.array_equal(
+        data.make_triple(3, 18).source, a.source)
+
+
+def test_every_kind_in_each_block_of_seven():
+    kinds = [data.make_triple(0, i).kind for i in range(14)]
+    assert sorted(kinds[:7]) == sorted(data.EDIT_KINDS)
+    assert kinds[:7] == kinds[7:]
+
+
+def test_train_and_eval_are_disjoint():
+    train = [data.make_triple(0, i, "train") for i in range(70)]
+    held = [data.make_triple(0, i, "eval") for i in range(70)]
+    assert all(data.scene_split(t.source_scene) == "train" for t in train)
+    assert all(data.scene_split(t.source_scene) == "eval" for t in held)
+    assert not {t.source_scene.key() for t in train} & {t.source_scene.key() for t in held}
+    train_templates = {t for per in data.TEMPLATES.values() for t in per["train"]}
+    assert all(t.info["template"] not in train_templates for t in held)
+    assert all(t.info["template"] in train_templates for t in train)
+
+
+def test_images_and_regions():
+    for i in range(35):
+        t = data.make_triple(1, i)
+        assert t.source.shape == t.target.shape == (data.IMAGE_SIZE, data.IMAGE_SIZE, 3)
+        assert t.source.dtype == np.uint8 and t.mask.dtype == bool and t.mask.any()
+        assert not np.array_equal(t.source, t.target)
+        if t.kind != "style":
+            # Nothing changes outside the target region.
+            assert outside_l1(t.target, t.source, t.mask) == 0.0
+        assert 1 <= len(t.source_scene.shapes) <= 3
+        names = [s.name for s in t.source_scene.shapes]
+        assert len(names) == len(set(names))
+
+
+def test_instructions_name_the_edit():
+    for i in range(35):
+        t = data.make_triple(2, i)
+        if "old" in t.info:
+            assert t.info["old"].name in t.instruction
+        if t.kind == "colour":
+            assert t.instruction.split()[-1] == t.info["new"].colour
+        if t.kind in ("add", "move"):
+            assert t.instruction.endswith(t.info["pos"])
+
+
+@pytest.mark.parametrize("split", ["train", "eval"])
+def test_pixel_checks_accept_targets_and_reject_sources(split):
+    for i in range(70):
+        t = data.make_triple(5, i, split)
+        assert check_edit(t.target, t), (t.kind, t.instruction)
+        assert not check_edit(t.source, t), (t.kind, t.instruction)
+
+
+def test_vocabulary_and_iou():
+    words = data.vocabulary()
+    assert {"red", "circle", "remove", "background", "grayscale"} <= set(words)
+    a = np.zeros((4, 4), bool)
+    a[:2] = True
+    assert iou(a, a) == 1.0 and iou(a, ~a) == 0.0
