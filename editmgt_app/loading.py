@@ -29,19 +29,13 @@ _build_lock = threading.Lock()
 
 
 def builtin_folder(name: str) -> Path:
-    """Build (once) and return the folder of a built-in model."""
+    """The folder of a built-in model, built on first use (later calls reuse the build)."""
     if name != "tiny":
         raise ValueError(f"unknown built-in model {name!r}")
     from editmgt.tiny import make_tiny_checkpoint
 
-    folder = cache_dir() / "tiny-seed0"
-    done = folder / ".complete"
     with _build_lock:
-        if not done.exists():
-            logger.info("building the tiny offline model in %s", folder)
-            make_tiny_checkpoint(folder, seed=0)
-            done.write_text("ok\n")
-    return folder
+        return make_tiny_checkpoint(cache_dir() / "tiny-seed0", seed=0)
 
 
 class PipelineLoader:

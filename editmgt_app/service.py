@@ -152,7 +152,7 @@ class EditService:
                 chunks[:0] = [chunk[:half], chunk[half:]]
         return results
 
-    def _info(self, entry, pipe, result, settings, seconds: float, notes: list[str], load_8bit: bool) -> dict:
+    def _info(self, entry, result, settings, seconds: float, notes: list[str], load_8bit: bool) -> dict:
         tokens_total = int(result.edited_tokens.numel())
         if torch.cuda.is_available() and str(self.manager.device).startswith("cuda"):
             peak = torch.cuda.max_memory_allocated() / 2**20
@@ -230,7 +230,7 @@ class EditService:
         held = result.held_mask.numpy() if result.held_mask is not None else None
         scores = result.attention_map.float().numpy() if result.attention_map is not None else None
         heat = plots.heatmap_overlay(upload.image, scores, held) if scores is not None else upload.image
-        info = self._info(entry, pipe, result, settings, seconds, upload.notes, load_8bit)
+        info = self._info(entry, result, settings, seconds, upload.notes, load_8bit)
         info["hold_blocks"] = [hold_blocks[0], hold_blocks[-1]] if hold_blocks else "model default"
         out = EditOutput(upload.image, result.image, heat, info)
         if sweep:
@@ -253,7 +253,7 @@ class EditService:
     def sweep(self, image: Any, instruction: Any, model: Any, lambdas: Any, **kwargs) -> EditOutput:
         """All of `lambdas` (as one batch where memory allows) with one seed."""
         grid = parse_lambdas(lambdas if lambdas is not None else list(self.sweep_grid))
-        return self.edit(image, instruction, model, hold_lambda=grid[0], sweep=grid[1:] or [grid[0]], **kwargs)
+        return self.edit(image, instruction, model, hold_lambda=grid[0], sweep=grid, **kwargs)
 
     def generate(self, prompt: Any, model: Any, *, steps=None, guidance=None, seed=None, load_8bit: bool = False,
                  progress: Progress = None) -> tuple[Image.Image, dict]:
@@ -269,7 +269,7 @@ class EditService:
         t0 = time.perf_counter()
         result = self._run((entry.id, bool(load_8bit)),
                            lambda: pipe.generate(prompt, steps=settings["steps"], guidance=settings["guidance"],
-                                                 seed=settings["seed"], **_callback_kw(pipe.generate, callback)),
+                                                 seed=settings["seed"], callback=callback),
                            settings["steps"], 1, entry.defaults.resolution)
         seconds = time.perf_counter() - t0
         info = {"model": entry.id, "seed": int(result.seed), "steps": int(result.steps),
@@ -280,9 +280,3 @@ class EditService:
 
     def models(self) -> list[dict]:
         return [s.as_dict() for s in self.manager.status()]
-
-
-def _callback_kw(fn, callback) -> dict:
-    import inspect
-
-    return {"callback": callback} if "callback" in inspect.signature(fn).parameters else {}
