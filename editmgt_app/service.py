@@ -131,15 +131,14 @@ class EditService:
                       smoothing_strength=settings["smoothing_strength"], seed=settings["seed"], mask=mask)
         if negative_prompt:
             kwargs["negative_prompt"] = negative_prompt
+        def callback(trace):
+            if progress:
+                progress(trace.step + 1, trace.num_steps)
+
         chunks = [list(lambdas)]
         results: list = []
         while chunks:
             chunk = chunks.pop(0)
-
-            def callback(trace):
-                if progress:
-                    progress(trace.step + 1, trace.num_steps)
-
             try:
                 results += self._run(model_key, lambda: pipe.sweep(upload.image, instruction, chunk,
                                                                    callback=callback, **kwargs),
