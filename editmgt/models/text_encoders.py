@@ -215,6 +215,9 @@ class Gemma2HiddenStates(nn.Module):
             folder, use_safetensors=True, local_files_only=True, dtype=dtype, attn_implementation="eager"
         )
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+        # A tokenizer whose model_max_length is below 256 caps the stream (the tiny shapes
+        # model is trained with 32 rows); Gemma2-2B-IT's (8192) leaves the released 256.
+        max_length = min(int(max_length), int(getattr(tokenizer, "model_max_length", max_length)))
         return cls(model.to(device=device, dtype=dtype), tokenizer, max_length=max_length)
 
     @property
