@@ -90,7 +90,11 @@ class PipelineLoader:
 
             subs = tuple(s for s in key.subfolder.split("+") if s != "None")
             root = self._root(key, subs)
-            text = TextConditioner.from_pretrained(root, device=key.device, dtype=dtype)
+            clip_sub, tokenizer_sub, llm_sub = (None if s == "None" else s for s in key.subfolder.split("+"))
+            text = TextConditioner.from_pretrained(
+                root, device=key.device, dtype=dtype, text_encoder_subfolder=clip_sub,
+                tokenizer_subfolder=tokenizer_sub, llm_subfolder=llm_sub,
+            )
             if key.load_8bit:
                 reports = text.quantize_8bit()
                 self._saved[key] = sum(r.bytes_before - r.bytes_after for r in reports)

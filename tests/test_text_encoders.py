@@ -151,3 +151,24 @@ def test_pickle_only_llm_encoder_refused(tiny_checkpoint: Path, tmp_path: Path) 
         Gemma2HiddenStates.from_pretrained(folder)
     with pytest.raises(UnsafeWeightsError):
         ClipPooledEncoder.from_pretrained(tmp_path, model_subfolder="llm_encoder")
+
+
+def test_custom_subfolder_names(tiny_checkpoint, tmp_path):
+    """A fine-tune laid out with other folder names loads through the same class."""
+    import shutil
+
+    from editmgt.models.text_encoders import TextConditioner
+
+    root = tmp_path / "renamed"
+    shutil.copytree(tiny_checkpoint / "text_encoder", root / "clip_text")
+    shutil.copytree(tiny_checkpoint / "tokenizer", root / "clip_tok")
+    shutil.copytree(tiny_checkpoint / "llm_encoder", root / "gemma")
+    renamed = TextConditioner.from_pretrained(
+        root, text_encoder_subfolder="clip_text", tokenizer_subfolder="clip_tok", llm_subfolder="gemma"
+    )
+    original = TextConditioner.from_pretrained(tiny_checkpoint)
+    a, b = renamed.encode(["make it red"]), original.encode(["make it red"])
+    assert torch.equal(a.states, b.states) and torch.equal(a.pooled, b.pooled)
+    clip_only = TextConditioner.from_pretrained(root, text_encoder_subfolder="clip_text",
+                                                tokenizer_subfolder="clip_tok", llm_subfolder=None)
+    assert clip_only.llm is None

@@ -263,13 +263,21 @@ class TextConditioner(nn.Module):
         dtype: torch.dtype = torch.float32,
         with_llm: Optional[bool] = None,
         cache_size: int = 64,
+        text_encoder_subfolder: str = "text_encoder",
+        tokenizer_subfolder: str = "tokenizer",
+        llm_subfolder: Optional[str] = "llm_encoder",
     ) -> "TextConditioner":
-        """Load `text_encoder/` + `tokenizer/` and, if present (or `with_llm`), `llm_encoder/`."""
+        """Load `text_encoder/` + `tokenizer/` and, if present (or `with_llm`), `llm_encoder/`.
+
+        The sub-folder names can be changed for checkpoints laid out differently;
+        `llm_subfolder=None` means CLIP-only conditioning (Meissonic)."""
         root = Path(root)
-        clip = ClipPooledEncoder.from_pretrained(root, device=device, dtype=dtype)
+        clip = ClipPooledEncoder.from_pretrained(
+            root, device=device, dtype=dtype, model_subfolder=text_encoder_subfolder, tokenizer_subfolder=tokenizer_subfolder
+        )
         if with_llm is None:
-            with_llm = (root / "llm_encoder").is_dir()
-        llm = Gemma2HiddenStates.from_pretrained(root / "llm_encoder", device=device, dtype=dtype) if with_llm else None
+            with_llm = llm_subfolder is not None and (root / llm_subfolder).is_dir()
+        llm = Gemma2HiddenStates.from_pretrained(root / llm_subfolder, device=device, dtype=dtype) if with_llm else None
         logger.info("text conditioning: CLIP pooled + %s stream", "Gemma2" if llm is not None else "CLIP")
         return cls(clip, llm, cache_size=cache_size)
 
