@@ -196,18 +196,10 @@ def test_cli_edit_json(tiny_checkpoint, photo, tmp_path):
 
 
 # --------------------------------------------------------------------------- checkpoints
-def test_from_pretrained_offline_hub_cache_pinned_revision(tiny_checkpoint, tmp_path, monkeypatch, photo):
+def test_from_pretrained_offline_hub_cache_pinned_revision(tiny_checkpoint, offline_cache, photo):
     """The real Hub code path, resolved from a local HF cache with HF_HUB_OFFLINE=1."""
-    import huggingface_hub
+    from tests.conftest import REPO, REVISION
 
-    from tests.test_hub import REPO, REVISION, _cache_layout
-
-    cache = tmp_path / "hf-cache"
-    _cache_layout(tiny_checkpoint, cache)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     hub_pipe = EditMGTPipeline.from_pretrained(REPO, revision=REVISION, transformer_subfolder="editmgt")
     local_pipe = EditMGTPipeline.from_pretrained(tiny_checkpoint)
     a = hub_pipe.edit(photo, "make the disk blue", seed=4, **FAST)
