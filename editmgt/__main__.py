@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--seed", type=int, default=None)
     edit.add_argument("--mask", type=Path, default=None, help="white = region to edit")
     edit.add_argument("--keyword", default=None, help="localise with the rows of this word only")
-    edit.add_argument("--size", type=int, default=None, help="square model size in pixels")
+    edit.add_argument("--size", type=int, default=None, help="model size: about SIZE x SIZE pixels at the image's aspect (default: the model's resolution)")
     edit.add_argument("--device", default="cpu")
     edit.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     edit.add_argument("--attention-out", type=Path, default=None, help="also save the attention map (PNG)")

@@ -23,7 +23,7 @@ from PIL import Image
 
 from editmgt.errors import InputError
 from editmgt.hub import DEFAULT_SUBFOLDERS, resolve_checkpoint
-from editmgt.images import load_image, load_mask
+from editmgt.images import fit_size, load_image, load_mask, to_tensor
 from editmgt.models.text_encoders import TextConditioner, TextEmbeddings
 from editmgt.models.transformer import AttentionProbe, EditMGTTransformer
 from editmgt.models.vq import VQTokenizer
@@ -205,28 +205,18 @@ class EditMGTPipeline:
 
     # ------------------------------------------------------------------ helpers
     def model_size(self, image_size: tuple[int, int], size: Optional[Union[int, tuple[int, int]]] = None) -> tuple[int, int]:
-        """(width, height) the model runs at: `size`, or the image's aspect at `resolution`^2 pixels,
-        rounded to multiples of the patch."""
-        p = self.patch
-        if size is None:
-            w, h = image_size
-            scale = math.sqrt(self.resolution * self.resolution / (w * h))
-            w, h = w * scale, h * scale
-        elif isinstance(size, int):
-            w = h = size
-        else:
-            w, h = size
-        rounded = (max(p, int(round(w / p)) * p), max(p, int(round(h / p)) * p))
-        if size is not None and tuple(rounded) != ((size, size) if isinstance(size, int) else tuple(size)):
-            logger.info("size %s is not a multiple of the patch %d; using %s", size, p, rounded)
-        return rounded
+        """(width, height) the model runs at, multiples of the patch, the image's aspect kept:
+        about `size`^2 pixels (default `resolution`^2), or exactly `(width, height)` rounded."""
+        run_size = fit_size(image_size, self.resolution if size is None else size, self.patch)
+        if isinstance(size, tuple) and tuple(size) != run_size:
+            logger.info("size %s is not a multiple of the patch %d; using %s", size, self.patch, run_size)
+        return run_size
 
     def _to_tensor(self, image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
         """PIL RGB -> (1, 3, H, W) float in [0, 1] at `size` on the model's device."""
         if image.size != size:
             image = image.resize(size, Image.BICUBIC)
-        array = np.asarray(image, dtype=np.float32) / 255.0
-        return torch.from_numpy(array).permute(2, 0, 1)[None].to(self.device)
+        return to_tensor(image).to(self.device)
 
     def _micro_conds(self, size: tuple[int, int], batch: int) -> torch.Tensor:
         """(B, 5): width, height, crop top, crop left, aesthetic score 6."""
