@@ -9,6 +9,11 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 
+# No test may touch the network: every Hub look-up resolves from local caches only.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
 REPO = "tiny-owner/tiny-editmgt"  # a made-up repo id for the offline HF-cache tests
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 
