@@ -6,13 +6,13 @@ import hashlib
 import os
 from pathlib import Path
 
-import huggingface_hub
-import pytest
-
 # No test may touch the network: every Hub look-up resolves from local caches only.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+import huggingface_hub  # noqa: E402  (reads HF_HUB_OFFLINE at import)
+import pytest  # noqa: E402
 
 REPO = "tiny-owner/tiny-editmgt"  # a made-up repo id for the offline HF-cache tests
 REVISION = "0123456789abcdef0123456789abcdef01234567"
