@@ -366,6 +366,20 @@ def iter_triples(seed: int, n: int, split: str = "train", start: int = 0) -> Ite
         yield make_triple(seed, i, split)
 
 
+def make_vq_image(seed: int, index: int, size: int = IMAGE_SIZE) -> np.ndarray:
+    """A dense scene for training the VQ: 3 to 9 shapes (names may repeat), any background,
+    grey one time in three. Dense scenes give every colour, kind and edge enough pixels."""
+    rng = np.random.default_rng([seed, index, 7])
+    n = int(rng.integers(3, GRID * GRID + 1))
+    cells = rng.choice(GRID * GRID, size=n, replace=False)
+    colours = list(SHAPE_COLOURS)
+    shapes = tuple(Shape(SHAPE_KINDS[int(rng.integers(len(SHAPE_KINDS)))],
+                         colours[int(rng.integers(len(colours)))], int(c)) for c in cells)
+    scene = Scene(BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))], shapes,
+                  grayscale=bool(rng.integers(3) == 0))
+    return render(scene, size)
+
+
 def vocabulary() -> list[str]:
     """Every word any template (train or eval) can produce, sorted."""
     words: set[str] = set()

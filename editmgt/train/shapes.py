@@ -1,0 +1,406 @@
+"""Train the tiny shapes EditMGT from scratch, offline, in the released checkpoint layout.
+
+    python -m editmgt.train.shapes --out DIR [--seed 0] [--threads N]
+
+Steps: (1) frozen random tiny CLIP and Gemma2 text towers with real BPE tokenizers learned
+from the shapes vocabulary; (2) edit triples from `editmgt.data.shapes`; (3) a small
+`VQModel` trained on the domain (`vq_train.py`); (4) the transformer trained with the
+paper's objective (`objective.py`). DIR then holds editmgt/, text_encoder/, tokenizer/,
+llm_encoder/, vqvae/, scheduler/, editmgt_pipeline.json and train_log.json, loadable with
+`EditMGTPipeline.from_pretrained(DIR)`. Everything is seeded; losses go to the log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from editmgt.data import shapes as data
+from editmgt.train.objective import (
+    EditBatch,
+    ObjectiveConfig,
+    OptimConfig,
+    count_parameters,
+    make_optimizer,
+    train_step,
+)
+from editmgt.train.vq_train import VQConfig, VQTrainConfig, train_vq
+
+logger = logging.getLogger(__name__)
+
+NEGATIVE_PROMPT = (
+    "worst quality, low quality, low res, blurry, distortion, watermark, logo, signature, "
+    "text, jpeg artifacts, signature, sketch, duplicate, ugly, identifying mark"
+)  # the pipeline's default negative prompt: trained as a null prompt too
+TEXT_LENGTH = 32             # Gemma2 rows: the tokenizer's model_max_length caps the stream
+
+
+@dataclass
+class ShapesRecipe:
+    """Every knob of the shipped tiny-shapes model (defaults reproduce it)."""
+
+    seed: int = 0
+    image_size: int = data.IMAGE_SIZE
+    n_train: int = 16000                  # training triples (cached as tokens)
+    # text towers (frozen, random)
+    text_dim: int = 32                    # Gemma2 hidden = joint_attention_dim
+    pooled_dim: int = 32                  # CLIP projection = pooled_projection_dim
+    clip_hidden: int = 32
+    text_layers: int = 3
+    text_init_range: float = 0.1          # std of the random towers' weights
+    # VQ
+    vq: VQConfig = field(default_factory=VQConfig)
+    vq_train: VQTrainConfig = field(default_factory=lambda: VQTrainConfig(
+        ae_steps=300, steps=900, batch_size=16, lr=4e-3, pixel_loss="l1+mse", detail_weight=10.0))
+    vq_dense_images: int = 8000           # dense scenes mixed into the VQ's training images
+    # transformer
+    num_layers: int = 2
+    num_single_layers: int = 4
+    heads: int = 4
+    head_dim: int = 32
+    axes_dims_rope: tuple[int, int, int] = (8, 12, 12)
+    downsample: bool = True
+    # optimisation
+    steps: int = 2000
+    batch_size: int = 32
+    objective: ObjectiveConfig = field(default_factory=lambda: ObjectiveConfig(text_dropout=0.1))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(
+        lr=1e-3, warmup_steps=100, total_steps=2000, min_lr_ratio=0.1))
+    log_every: int = 25
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["vq_train"].pop("history", None)
+        return d
+
+
+# ----------------------------------------------------------------------------- text towers
+
+def instruction_corpus() -> list[str]:
+    """Lines the tokenizers learn their merges from: every template word, fill and the
+    negative prompt (eval phrasings included: the tokenizer is vocabulary, not training)."""
+    lines = [" ".join(data.vocabulary()), NEGATIVE_PROMPT]
+    for per_kind in data.TEMPLATES.values():
+        for templates in per_kind.values():
+            lines.extend(t.replace("{", "").replace("}", "") for t in templates)
+    return lines
+
+
+def _write_clip_tokenizer(folder: Path, corpus: Sequence[str], num_merges: int) -> dict[str, int]:
+    from tokenizers import pre_tokenizers
+
+    from editmgt.tiny import _clip_words, learn_bpe_merges
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet(), key=ord)
+    merges = learn_bpe_merges(_clip_words(corpus), num_merges)
+    tokens = alphabet + [ch + "</w>" for ch in alphabet] + ["".join(m) for m in merges]
+    tokens = list(dict.fromkeys(tokens)) + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=1) + "\n",
+                                       encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
+                                       encoding="utf-8")
+    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": 77,
+              "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+              "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "do_lower_case": True}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=1) + "\n")
+    special = {k: config[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=1) + "\n")
+    return {"bos": vocab["<|startoftext|>"], "eos": vocab["<|endoftext|>"], "vocab_size": len(vocab)}
+
+
+def _write_gemma_tokenizer(folder: Path, corpus: Sequence[str], num_merges: int) -> dict[str, int]:
+    from transformers import GemmaTokenizer
+
+    from editmgt.tiny import learn_bpe_merges
+
+    words: Counter = Counter()
+    for line in corpus:
+        for i, word in enumerate(line.split(" ")):
+            words[tuple(("▁" if i else "") + word)] += 1
+            words[tuple("▁" + word)] += 1          # every word also as a non-first word
+    merges = learn_bpe_merges(words, num_merges)
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    chars = sorted({ch for w in words for ch in w})
+    tokens = list(dict.fromkeys(specials + byte_tokens + chars + ["".join(m) for m in merges]))
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    tokenizer = GemmaTokenizer(vocab=vocab, merges=[tuple(m) for m in merges],
+                               model_max_length=TEXT_LENGTH)
+    tokenizer.padding_side = "left"
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(folder)
+    return {"pad": vocab["<pad>"], "eos": vocab["<eos>"], "bos": vocab["<bos>"],
+            "vocab_size": len(vocab)}
+
+
+def write_text_towers(root: Path, recipe: ShapesRecipe, num_merges: int = 2000) -> None:
+    """text_encoder/ + tokenizer/ (CLIP) and llm_encoder/ (Gemma2), random and frozen."""
+    from transformers import (CLIPTextConfig, CLIPTextModelWithProjection, Gemma2Config,
+                              Gemma2ForCausalLM)
+
+    corpus = instruction_corpus()
+    clip_special = _write_clip_tokenizer(root / "tokenizer", corpus, num_merges)
+    clip_cfg = CLIPTextConfig(
+        vocab_size=clip_special["vocab_size"], hidden_size=recipe.clip_hidden,
+        intermediate_size=2 * recipe.clip_hidden, projection_dim=recipe.pooled_dim,
+        num_hidden_layers=recipe.text_layers, num_attention_heads=2, max_position_embeddings=77,
+        hidden_act="gelu", bos_token_id=clip_special["bos"], eos_token_id=clip_special["eos"],
+        pad_token_id=clip_special["eos"], initializer_range=recipe.text_init_range,
+        initializer_factor=1.0)
+    torch.manual_seed(recipe.seed + 10)
+    CLIPTextModelWithProjection(clip_cfg).eval().save_pretrained(root / "text_encoder",
+                                                                 safe_serialization=True)
+    gemma_special = _write_gemma_tokenizer(root / "llm_encoder", corpus, num_merges)
+    gemma_cfg = Gemma2Config(
+        vocab_size=gemma_special["vocab_size"], hidden_size=recipe.text_dim,
+        intermediate_size=2 * recipe.text_dim, num_hidden_layers=recipe.text_layers,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=recipe.text_dim // 2,
+        max_position_embeddings=512, sliding_window=TEXT_LENGTH,
+        query_pre_attn_scalar=recipe.text_dim // 2, pad_token_id=gemma_special["pad"],
+        bos_token_id=gemma_special["bos"], eos_token_id=gemma_special["eos"],
+        tie_word_embeddings=True, initializer_range=recipe.text_init_range)
+    torch.manual_seed(recipe.seed + 20)
+    Gemma2ForCausalLM(gemma_cfg).eval().save_pretrained(root / "llm_encoder",
+                                                        safe_serialization=True)
+
+
+# ----------------------------------------------------------------------------- checkpoint
+
+def transformer_config(recipe: ShapesRecipe, codebook: int, text_dim: int,
+                       pooled_dim: int) -> dict:
+    """diffusers-style config.json of the shapes transformer (released keys)."""
+    return {
+        "_class_name": "Transformer2DModel", "_diffusers_version": "0.32.1",
+        "patch_size": 1, "in_channels": 64,
+        "num_layers": recipe.num_layers, "num_single_layers": recipe.num_single_layers,
+        "attention_head_dim": recipe.head_dim, "num_attention_heads": recipe.heads,
+        "joint_attention_dim": text_dim, "pooled_projection_dim": pooled_dim,
+        "guidance_embeds": False, "axes_dims_rope": list(recipe.axes_dims_rope),
+        "vocab_size": codebook + 1, "codebook_size": codebook,
+        "downsample": recipe.downsample, "upsample": recipe.downsample,
+        "text_encoder_architecture": "CLIP_Gemma2", "connector_type": "linear",
+    }
+
+
+def save_transformer(model: torch.nn.Module, config: dict, folder: Path) -> None:
+    """config.json + diffusion_pytorch_model.safetensors."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+
+
+def write_scheduler_and_pipeline(root: Path, mask_token_id: int, image_size: int) -> None:
+    (root / "scheduler").mkdir(parents=True, exist_ok=True)
+    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(
+        {"_class_name": "Scheduler", "_diffusers_version": "0.32.1",
+         "mask_token_id": mask_token_id, "masking_schedule": "cosine"}, indent=2) + "\n")
+    (root / "editmgt_pipeline.json").write_text(json.dumps({"resolution": image_size}) + "\n")
+
+
+# ----------------------------------------------------------------------------- data
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+@dataclass
+class EncodedTriples:
+    """The training set as tokens: ids (N, h, w) and an instruction index per triple."""
+
+    source: torch.Tensor
+    target: torch.Tensor
+    text_index: torch.Tensor                # (N,) into states / pooled
+    states: torch.Tensor                    # (U, T, D) unique instructions
+    pooled: torch.Tensor                    # (U, P)
+    null_states: torch.Tensor               # (K, T, D) null prompts
+    null_pooled: torch.Tensor               # (K, P)
+    kinds: list[str]
+
+    def batch(self, index: torch.Tensor, micro_conds: torch.Tensor) -> EditBatch:
+        t = self.text_index[index]
+        return EditBatch(self.target[index], self.source[index], self.states[t], self.pooled[t],
+                         micro_conds.expand(index.numel(), -1))
+
+
+def vq_check_rate(recon: torch.Tensor, seed: int, n: int) -> float:
+    """Share of the first n training triples whose VQ-reconstructed target passes the eval's
+    pixel check: the ceiling the VQ puts on edit success."""
+    from editmgt.eval.shapes import check_edit
+
+    images = (recon.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    ok = [check_edit(images[i], data.make_triple(seed, i, "train")) for i in range(n)]
+    return float(np.mean(ok))
+
+
+def encode_text_table(text, prompts: Sequence[str], chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode prompts with a TextConditioner in chunks -> (states (U, T, D), pooled (U, P))."""
+    states, pooled = [], []
+    for i in range(0, len(prompts), chunk):
+        emb = text.encode(list(prompts[i:i + chunk]))
+        states.append(emb.states.float())
+        pooled.append(emb.pooled.float())
+        text.clear_cache()
+    return torch.cat(states), torch.cat(pooled)
+
+
+# ----------------------------------------------------------------------------- main recipe
+
+def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = None,
+                 pretrained_vq: Optional[Union[str, Path]] = None) -> dict:
+    """Run the whole recipe into `out_dir`; returns the training log (also train_log.json).
+
+    pretrained_vq: a `vqvae/` folder to reuse instead of training the VQ (experiments only;
+    the shipped checkpoint trains it).
+    """
+    from editmgt.models.text_encoders import TextConditioner
+    from editmgt.models.transformer import EditMGTTransformer, TransformerConfig
+    from editmgt.models.vq import VQTokenizer
+
+    recipe = recipe or ShapesRecipe()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log: dict = {"recipe": recipe.to_dict(), "timings": {}, "transformer": [], "vq": []}
+    t_all = time.time()
+    torch.manual_seed(recipe.seed)
+
+    # 1. Text towers and tokenizers.
+    t0 = time.time()
+    write_text_towers(out, recipe)
+    text = TextConditioner.from_pretrained(out, cache_size=0)
+    log["timings"]["text_towers_s"] = round(time.time() - t0, 1)
+
+    # 2. Triples.
+    t0 = time.time()
+    triples = list(data.iter_triples(recipe.seed, recipe.n_train, "train"))
+    sources = np.stack([tr.source for tr in triples])
+    targets = np.stack([tr.target for tr in triples])
+    instructions = [tr.instruction for tr in triples]
+    kinds = [tr.kind for tr in triples]
+    del triples
+    log["timings"]["data_s"] = round(time.time() - t0, 1)
+    logger.info("%d training triples in %.1fs", len(instructions), time.time() - t0)
+
+    # 3. VQ on training images plus dense scenes (every colour and kind well covered).
+    t0 = time.time()
+    dense = np.stack([data.make_vq_image(recipe.seed, i, recipe.image_size)
+                      for i in range(recipe.vq_dense_images)])
+    pool = to_tensor(np.concatenate([sources[: len(dense)], targets[: len(dense)], dense]))
+    del dense
+
+    def sample_batch(b: int, gen: torch.Generator) -> torch.Tensor:
+        return pool[torch.randint(0, pool.shape[0], (b,), generator=gen)]
+
+    if pretrained_vq is not None:
+        from diffusers import VQModel
+
+        vq_model = VQModel.from_pretrained(pretrained_vq, use_safetensors=True).eval()
+    else:
+        vq_model = train_vq(sample_batch, recipe.vq, recipe.vq_train, seed=recipe.seed + 30)
+    vq_model.save_pretrained(out / "vqvae", safe_serialization=True)
+    log["vq"] = recipe.vq_train.history
+    log["timings"]["vq_s"] = round(time.time() - t0, 1)
+    vq = VQTokenizer(vq_model)
+
+    # 4. Tokens and text table.
+    t0 = time.time()
+    src_ids = vq.encode(to_tensor(sources), batch_size=256)
+    tgt_ids = vq.encode(to_tensor(targets), batch_size=256)
+    recon = vq.decode(tgt_ids[:280], batch_size=280)
+    log["vq_roundtrip_l1"] = float((recon - to_tensor(targets[:280])).abs().mean())
+    log["vq_target_check_rate"] = vq_check_rate(recon, recipe.seed, 280)
+    del pool
+    unique = sorted(set(instructions))
+    where = {p: i for i, p in enumerate(unique)}
+    states, pooled = encode_text_table(text, unique)
+    null_states, null_pooled = encode_text_table(text, ["", NEGATIVE_PROMPT])
+    enc = EncodedTriples(src_ids, tgt_ids, torch.tensor([where[p] for p in instructions]),
+                         states, pooled, null_states, null_pooled, kinds)
+    log["timings"]["encode_s"] = round(time.time() - t0, 1)
+    log["unique_instructions"] = len(unique)
+    logger.info("tokens %s, %d unique instructions, text %s, VQ round-trip L1 %.4f, "
+                "reconstructed targets passing the pixel check %.3f", tuple(src_ids.shape),
+                len(unique), tuple(states.shape[1:]), log["vq_roundtrip_l1"],
+                log["vq_target_check_rate"])
+
+    # 5. Transformer.
+    t0 = time.time()
+    cfg_dict = transformer_config(recipe, vq.codebook_size, states.shape[-1], pooled.shape[-1])
+    torch.manual_seed(recipe.seed + 40)
+    model = EditMGTTransformer(TransformerConfig.from_dict(cfg_dict))
+    logger.info("transformer: %d parameters", count_parameters([model]))
+    optimizer = make_optimizer(model, recipe.optim)
+    gen = torch.Generator().manual_seed(recipe.seed + 50)
+    micro = torch.tensor([[recipe.image_size, recipe.image_size, 0, 0, 6]], dtype=torch.float32)
+    n = src_ids.shape[0]
+    perm = torch.randperm(n, generator=gen)
+    cursor = 0
+    window: list[dict] = []
+    for step in range(recipe.steps):
+        if cursor + recipe.batch_size > n:
+            perm, cursor = torch.randperm(n, generator=gen), 0
+        index = perm[cursor:cursor + recipe.batch_size]
+        cursor += recipe.batch_size
+        stats = train_step(model, optimizer, enc.batch(index, micro), recipe.objective,
+                           recipe.optim, step, gen, (enc.null_states, enc.null_pooled))
+        window.append(stats)
+        if (step + 1) % recipe.log_every == 0 or step == recipe.steps - 1:
+            mean = {k: round(float(np.mean([w[k] for w in window])), 6) for k in window[0]}
+            mean.update(step=step + 1, seconds=round(time.time() - t0, 1))
+            log["transformer"].append(mean)
+            logger.info("step %d/%d loss %.4f acc %.3f copy %.3f edit %.3f lr %.2e (%.0fs)",
+                        step + 1, recipe.steps, mean["loss"], mean["acc"], mean["copy_acc"],
+                        mean["edit_acc"], mean["lr"], mean["seconds"])
+            window = []
+    model.eval()
+    log["timings"]["transformer_s"] = round(time.time() - t0, 1)
+    log["transformer_parameters"] = count_parameters([model])
+
+    # 6. Checkpoint.
+    save_transformer(model, cfg_dict, out / "editmgt")
+    write_scheduler_and_pipeline(out, cfg_dict["vocab_size"] - 1, recipe.image_size)
+    log["timings"]["total_s"] = round(time.time() - t_all, 1)
+    log["threads"] = torch.get_num_threads()
+    (out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    logger.info("checkpoint in %s: %.2f MB, %.1f min in all", out, size / 1e6,
+                log["timings"]["total_s"] / 60)
+    return log
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m editmgt.train.shapes",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
+    parser.add_argument("--steps", type=int, default=None, help="transformer steps (override)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    recipe = ShapesRecipe(seed=args.seed)
+    if args.steps is not None:
+        recipe.steps = args.steps
+        recipe.optim.total_steps = args.steps
+    train_shapes(args.out, recipe)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
