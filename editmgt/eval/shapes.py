@@ -36,7 +36,7 @@ from editmgt.data import shapes as data
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LAMBDAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
+DEFAULT_LAMBDAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8)
 IOU_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 COLOUR_FRACTION = 0.5        # share of a shape's inner pixels that must have its colour
 ABSENT_FRACTION = 0.2        # at most this share of a removed shape's pixels keep its colour
@@ -195,8 +195,8 @@ def attention_scores(pipe, tokens: torch.Tensor, source_tokens: torch.Tensor, in
 class EvalSettings:
     """Sampler settings of the evaluation (the tiny-shapes defaults)."""
 
-    steps: int = 16
-    guidance: float = 2.0
+    steps: int = 12
+    guidance: float = 4.0
     gamma: float = 1.0
     smoothing: str = "adaptive"
     smoothing_strength: float = 1.0

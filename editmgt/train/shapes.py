@@ -70,7 +70,7 @@ class ShapesRecipe:
     heads: int = 4
     head_dim: int = 32
     axes_dims_rope: tuple[int, int, int] = (8, 12, 12)
-    downsample: bool = True
+    downsample: bool = True               # 2x2 VQ tokens per transformer token, as released
     # optimisation
     steps: int = 2000
     batch_size: int = 32
@@ -391,6 +391,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     parser.add_argument("--steps", type=int, default=None, help="transformer steps (override)")
+    parser.add_argument("--reuse-vq", type=Path, default=None,
+                        help="vqvae/ folder written by an earlier run of this recipe (same seed): "
+                             "skips the VQ stage (about 5 minutes)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
@@ -398,7 +401,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.steps is not None:
         recipe.steps = args.steps
         recipe.optim.total_steps = args.steps
-    train_shapes(args.out, recipe)
+    train_shapes(args.out, recipe, pretrained_vq=args.reuse_vq)
     return 0
 
 

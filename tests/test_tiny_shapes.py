@@ -1,0 +1,79 @@
+"""The shipped tiny-shapes checkpoint: layout, size, a real colour edit, region-hold."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from editmgt.data import shapes as data
+from editmgt.eval.shapes import check_edit, outside_l1
+
+CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-shapes"
+FOLDERS = ("editmgt", "text_encoder", "tokenizer", "llm_encoder", "vqvae", "scheduler")
+# The settings docs/SHAPES.md reports for this model.
+STEPS, GUIDANCE, GAMMA = 12, 4.0, 1.0
+HOLD_LAMBDA = 0.8
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from editmgt.pipeline import EditMGTPipeline
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    return EditMGTPipeline.from_pretrained(CHECKPOINT)
+
+
+def fixed_colour_edit() -> data.EditTriple:
+    """A white scene with a red circle (centre) and a blue square (top left)."""
+    source_scene = data.Scene("white", (data.Shape("circle", "red", 4), data.Shape("square", "blue", 0)))
+    new = data.Shape("circle", "green", 4)
+    target_scene = data.Scene("white", (new, data.Shape("square", "blue", 0)))
+    return data.EditTriple(
+        source=data.render(source_scene), instruction="make the red circle green",
+        target=data.render(target_scene), mask=data.shape_mask("circle", 4), kind="colour",
+        source_scene=source_scene, target_scene=target_scene,
+        info={"old": source_scene.shapes[0], "new": new, "colour": "green"})
+
+
+def test_layout_and_size():
+    for folder in FOLDERS:
+        assert (CHECKPOINT / folder).is_dir(), folder
+    files = [p for p in CHECKPOINT.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 20 * 1024 * 1024
+    assert not [p for p in files if p.suffix in (".bin", ".pt", ".ckpt", ".pth")]
+    assert (CHECKPOINT / "editmgt" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+@pytest.mark.xfail(reason="the shipped tiny-shapes model does not yet do colour changes "
+                          "(2 % on the held-out set, docs/SHAPES.md); the test states the goal",
+                   strict=False)
+def test_colour_change_edit_succeeds(pipe):
+    triple = fixed_colour_edit()
+    result = pipe.edit(triple.source, triple.instruction, steps=STEPS, guidance=GUIDANCE, gamma=GAMMA,
+                       negative_prompt="", seed=0, size=data.IMAGE_SIZE)
+    out = np.asarray(result.image.convert("RGB"))
+    assert check_edit(out, triple)
+    assert not check_edit(triple.source, triple)
+
+
+def test_region_hold_keeps_the_outside(pipe):
+    triple = fixed_colour_edit()
+    result = pipe.edit(triple.source, triple.instruction, steps=STEPS, guidance=GUIDANCE, gamma=GAMMA,
+                       negative_prompt="", seed=0, size=data.IMAGE_SIZE, hold_lambda=HOLD_LAMBDA)
+    out = np.asarray(result.image.convert("RGB"))
+    recon = pipe.vq.decode(result.source_tokens[None])[0]
+    recon = (recon.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    floor = outside_l1(recon, triple.source, triple.mask)
+    # Outside the target region the held edit is as close to the source as the VQ round trip
+    # (a small margin for decoder pixels next to edited tokens).
+    assert outside_l1(out, triple.source, triple.mask) <= floor + 0.01
+
+
+def test_edit_runs_and_reports(pipe):
+    triple = fixed_colour_edit()
+    results = pipe.sweep(triple.source, triple.instruction, [0.0, 1.0], steps=4, guidance=GUIDANCE,
+                         gamma=GAMMA, negative_prompt="", seed=1, size=data.IMAGE_SIZE)
+    assert [r.image.size for r in results] == [(data.IMAGE_SIZE, data.IMAGE_SIZE)] * 2
+    assert results[1].changed_fraction == 0.0            # lambda 1 holds every token
+    assert results[0].attention_grid is not None
