@@ -143,8 +143,9 @@ class Zoo:
         src = entry.source
         if src.builtin:
             return Resolved(True, "builtin", src.builtin, reason="built locally on first use")
-        if src.path:
-            return _resolve_local(entry, Path(src.path).expanduser(), "checkpoints.yaml")
+        if src.path:  # relative paths are relative to the zoo file, not the working directory
+            base = self.path.parent if self.path is not None else Path.cwd()
+            return _resolve_local(entry, base / Path(src.path).expanduser(), "checkpoints.yaml")
         if src.repo:
             return _resolve_hub(entry, src.repo, src.revision, "checkpoints.yaml", hub_reachable)
         hint = f"set ${src.env} or " if src.env else ""
@@ -206,7 +207,7 @@ def load_zoo(path: Path | str, overrides: Optional[dict[str, str]] = None) -> Zo
     except yaml.YAMLError as err:
         raise ZooError(f"{path}: not valid YAML: {err}") from None
     zoo = parse_zoo(raw, where=str(path))
-    zoo.path = path
+    zoo.path = path.resolve()
     for model_id in overrides or {}:
         if model_id not in zoo.entries:
             raise ZooError(f"--checkpoint {model_id}=...: no entry '{model_id}' in {path} "

@@ -39,8 +39,14 @@ def test_unresolvable_entries_are_listed_with_a_reason(monkeypatch):
     assert not r.available and "unreachable" in r.reason
     assert zoo.resolve("editmgt", hub_reachable=lambda: True).available
     assert zoo.resolve("tiny").available
-    # offline, the first available entry of the preference list is the tiny model
-    assert choose_default(zoo, lambda m: zoo.resolve(m, lambda: False)) == "tiny"
+    # offline, the first available entry of the preference list is the shipped tiny-shapes model
+    assert choose_default(zoo, lambda m: zoo.resolve(m, lambda: False)) == "tiny-shapes"
+
+
+def test_relative_paths_resolve_against_the_zoo_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not the repo root
+    r = load_zoo(ROOT / "checkpoints.yaml").resolve("tiny-shapes")
+    assert r.available and r.kind == "local" and r.location == str(ROOT / "checkpoints" / "tiny-shapes")
 
 
 def test_env_and_checkpoint_flag_point_an_entry_elsewhere(tmp_path, monkeypatch):
