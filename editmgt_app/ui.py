@@ -77,10 +77,13 @@ def _progress_fn(progress: Optional[gr.Progress]):
 
 
 def load_examples() -> list[dict]:
-    path = EXAMPLES_DIR / "examples.json"
-    if not path.is_file():
-        return []
-    return [dict(e, path=str(EXAMPLES_DIR / e["file"])) for e in json.loads(path.read_text())]
+    """Photos (examples/examples.json), then the synthetic scenes the tiny-shapes model
+    was trained for (examples/shapes/examples.json)."""
+    examples = []
+    for path in (EXAMPLES_DIR / "examples.json", EXAMPLES_DIR / "shapes" / "examples.json"):
+        if path.is_file():
+            examples += [dict(e, path=str(path.parent / e["file"])) for e in json.loads(path.read_text())]
+    return examples
 
 
 def _opt(value: Any) -> Any:
@@ -253,7 +256,7 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
                     gr.Examples(examples=[[e["path"], e["instruction"], e["keyword"]] for e in examples],
                                 inputs=[image, instruction, keyword],
                                 example_labels=[f"{Path(e['file']).stem}: {e['instruction']}" for e in examples],
-                                label="Examples (CC0 / public-domain photos, see examples/*.LICENSE.txt)",
+                                label="Examples (CC0 / public-domain photos, see examples/*.LICENSE.txt; synthetic shapes scenes for the tiny-shapes model)",
                                 cache_examples=False)
             with gr.Tab("Text to image", id="t2i"):
                 with gr.Row():

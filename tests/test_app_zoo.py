@@ -112,3 +112,17 @@ def test_bad_yaml_is_reported(tmp_path):
     path.write_text("models: [\n")
     with pytest.raises(ZooError, match="not valid YAML"):
         load_zoo(path)
+
+
+def test_examples_are_real_files_with_licences():
+    from PIL import Image
+
+    from editmgt_app.ui import load_examples
+
+    examples = load_examples()
+    kinds = {Path(e["path"]).parent.name for e in examples}
+    assert kinds == {"examples", "shapes"}, "photos and the shapes scenes are both offered"
+    for e in examples:
+        assert e["instruction"].strip() and e["license"].strip()
+        with Image.open(e["path"]) as im:
+            assert min(im.size) >= 32
