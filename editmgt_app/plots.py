@@ -17,10 +17,15 @@ OUTLINE_RGB = (0, 255, 255)
 
 
 def heatmap_overlay(source: Image.Image, scores: np.ndarray, held: Optional[np.ndarray] = None,
-                    alpha: float = 0.55, colormap: str = "inferno") -> Image.Image:
+                    alpha: float = 0.55, colormap: str = "inferno", min_side: int = 0) -> Image.Image:
     """Blend a colour map of `scores` (h, w) in [0, 1] over `source`; outline `held` (any
-    grid, bool: the tokens held at the source, score < lambda) in cyan. Same size as source."""
+    grid, bool: the tokens held at the source, score < lambda) in cyan. Same size as source,
+    except that a source whose shorter side is below `min_side` is first enlarged (nearest)
+    by a whole factor, so small pictures stay legible on the page."""
     source = source.convert("RGB")
+    factor = -(-min_side // min(source.size)) if min_side > min(source.size) else 1
+    if factor > 1:
+        source = source.resize((source.width * factor, source.height * factor), Image.NEAREST)
     size = source.size
     scores = np.asarray(scores, dtype=np.float32)
     if scores.shape != (size[1], size[0]):

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from editmgt.errors import InputError
+from editmgt.sampling.smoothing import METHODS as SMOOTHING_METHODS
 from editmgt_app import plots
 from editmgt_app.gpu import edit_duration, gpu
 from editmgt_app.inputs import (MAX_PIXELS, MAX_SEED, check_instruction, check_number, load_upload,
@@ -27,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SWEEP = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 MAX_STEPS = 100
-SMOOTHING_CHOICES = ("adaptive", "gaussian", "bilateral", "morphology", "rbf", "cubic", "linear", "nearest", "none")
+SMOOTHING_CHOICES = tuple(SMOOTHING_METHODS)  # the library's list, one place
+HEATMAP_MIN_SIDE = 192  # tiny inputs (e.g. 64 px shapes scenes) are enlarged for the heat-map panel
 
 Progress = Optional[Callable[[int, int], None]]  # (step done, steps)
 
@@ -228,7 +230,7 @@ class EditService:
         result = results[0]
         held = result.held_mask.numpy() if result.held_mask is not None else None
         scores = result.attention_map.float().numpy() if result.attention_map is not None else None
-        heat = plots.heatmap_overlay(upload.image, scores, held) if scores is not None else upload.image
+        heat = plots.heatmap_overlay(upload.image, scores, held, min_side=HEATMAP_MIN_SIDE) if scores is not None else upload.image
         info = self._info(entry, result, settings, seconds, upload.notes, load_8bit)
         info["hold_blocks"] = [hold_blocks[0], hold_blocks[-1]] if hold_blocks else "model default"
         out = EditOutput(upload.image, result.image, heat, info)

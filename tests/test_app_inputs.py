@@ -47,5 +47,7 @@ def test_heatmap_outlines_the_held_region_and_curve_renders():
     assert (out == [0, 255, 255]).all(-1).any()  # outline drawn
     plain = np.asarray(heatmap_overlay(source, scores, np.zeros_like(held)))
     assert not (plain == [0, 255, 255]).all(-1).any()
+    enlarged = heatmap_overlay(source, scores, held, min_side=200)  # 48 -> 5 x 48 = 240
+    assert enlarged.size == (320, 240) and (np.asarray(enlarged) == [0, 255, 255]).all(-1).any()
     curve = lambda_curve([0, 0.5, 1], [0.3, 0.2, 0.1], current=0.25, baseline=0.1)
     assert curve.size == (520, 360)
