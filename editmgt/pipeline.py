@@ -365,7 +365,7 @@ class EditMGTPipeline:
         # 4. Sample.
         t0 = time.perf_counter()
         lam = torch.tensor(lambdas, device=self.device)
-        tokens, final_scores, trace_held = self._sample(
+        tokens, final_scores = self._sample(
             start.expand(batch, -1, -1),
             source_tokens.expand(batch, -1, -1),
             start_ratio.expand(batch),
@@ -447,7 +447,7 @@ class EditMGTPipeline:
         start = torch.full((1, *grid), self.mask_token_id, dtype=torch.long, device=self.device)
         text = self._encode_text(prompt, negative_prompt, guidance, 1)
         t0 = time.perf_counter()
-        tokens, _, _ = self._sample(
+        tokens, _ = self._sample(
             start,
             None,
             torch.ones(1, device=self.device),
@@ -503,7 +503,7 @@ class EditMGTPipeline:
         callback: Optional[Callable[[StepTrace], None]],
     ):
         """MaskGIT loop. start/source_tokens (B, h, w); returns final tokens (B, h, w), the last
-        step's LocalizationMap (or None) and the held mask of the last step."""
+        step's LocalizationMap (or None)."""
         batch, height, width = start.shape
         use_cfg = guidance > 1.0
         branches = 2 if use_cfg else 1
@@ -521,7 +521,6 @@ class EditMGTPipeline:
         tokens = start.reshape(batch, -1).clone()
         source_flat = source_tokens.reshape(batch, -1) if source_tokens is not None else None
         localization = None
-        held = None
         for i in range(steps):
             model_input = torch.cat([tokens] * branches).reshape(branches * batch, height, width)
             out = self.transformer(
@@ -560,7 +559,6 @@ class EditMGTPipeline:
                 source_tokens=source_flat,
             )
             tokens = step.tokens
-            held = step.held
             if callback is not None:
                 callback(
                     StepTrace(
@@ -572,4 +570,4 @@ class EditMGTPipeline:
                         scores=scores.reshape(batch, height, width) if scores is not None else None,
                     )
                 )
-        return tokens.reshape(batch, height, width), localization, held
+        return tokens.reshape(batch, height, width), localization
