@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import torch
 
 from editmgt.models.transformer import EditMGTTransformer, TransformerConfig
@@ -116,3 +117,15 @@ def test_vq_trainer_learns_and_round_trips():
     ids = encode_ids(vq, x)
     assert ids.shape == (4, 8, 8) and ids.max() < 16
     assert decode_ids(vq, ids).shape == x.shape
+
+
+def test_agreement_mask_marks_unchanged_patches():
+    from editmgt.train.shapes import agreement_mask
+
+    source = np.zeros((2, 8, 8, 3), np.uint8)
+    target = source.copy()
+    target[0, 5, 1, 2] = 255                                  # one pixel of patch (1, 0)
+    mask = agreement_mask(source, target, factor=4)
+    assert mask.shape == (2, 2, 2)
+    assert mask[0].tolist() == [[True, True], [False, True]]
+    assert bool(mask[1].all())

@@ -64,6 +64,7 @@ class ShapesRecipe:
     vq_train: VQTrainConfig = field(default_factory=lambda: VQTrainConfig(
         ae_steps=300, steps=900, batch_size=16, lr=4e-3, pixel_loss="l1+mse", detail_weight=10.0))
     vq_dense_images: int = 8000           # dense scenes mixed into the VQ's training images
+    snap_targets: bool = False            # target id := source id where the patch is unchanged
     # transformer
     num_layers: int = 2
     num_single_layers: int = 4
@@ -239,6 +240,16 @@ class EncodedTriples:
                          micro_conds.expand(index.numel(), -1))
 
 
+def agreement_mask(sources: np.ndarray, targets: np.ndarray, factor: int) -> torch.Tensor:
+    """Token positions whose pixels are identical in source and target.
+
+    sources, targets: (N, H, W, 3) uint8 -> (N, H/factor, W/factor) bool, True where the
+    factor x factor patch under the token is unchanged."""
+    n, h, w, _ = sources.shape
+    changed = (sources != targets).any(-1).reshape(n, h // factor, factor, w // factor, factor)
+    return torch.from_numpy(~changed.any(axis=(2, 4)))
+
+
 def vq_check_rate(recon: torch.Tensor, seed: int, n: int) -> float:
     """Share of the first n training triples whose VQ-reconstructed target passes the eval's
     pixel check: the ceiling the VQ puts on edit success."""
@@ -322,6 +333,12 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
     t0 = time.time()
     src_ids = vq.encode(to_tensor(sources), batch_size=256)
     tgt_ids = vq.encode(to_tensor(targets), batch_size=256)
+    unchanged = agreement_mask(sources, targets, recipe.image_size // src_ids.shape[-1])
+    log["token_agreement_unchanged"] = float((src_ids == tgt_ids)[unchanged].float().mean())
+    if recipe.snap_targets:
+        # Equal pixels should be equal tokens: a code flip there is tokenizer noise, and
+        # training on it teaches the editor to redraw what it should copy.
+        tgt_ids = torch.where(unchanged, src_ids, tgt_ids)
     recon = vq.decode(tgt_ids[:280], batch_size=280)
     log["vq_roundtrip_l1"] = float((recon - to_tensor(targets[:280])).abs().mean())
     log["vq_target_check_rate"] = vq_check_rate(recon, recipe.seed, 280)
@@ -335,9 +352,10 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
     log["timings"]["encode_s"] = round(time.time() - t0, 1)
     log["unique_instructions"] = len(unique)
     logger.info("tokens %s, %d unique instructions, text %s, VQ round-trip L1 %.4f, "
-                "reconstructed targets passing the pixel check %.3f", tuple(src_ids.shape),
-                len(unique), tuple(states.shape[1:]), log["vq_roundtrip_l1"],
-                log["vq_target_check_rate"])
+                "reconstructed targets passing the pixel check %.3f, unchanged patches with "
+                "equal ids %.3f", tuple(src_ids.shape), len(unique), tuple(states.shape[1:]),
+                log["vq_roundtrip_l1"], log["vq_target_check_rate"],
+                log["token_agreement_unchanged"])
 
     # 5. Transformer.
     t0 = time.time()
@@ -391,13 +409,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     parser.add_argument("--steps", type=int, default=None, help="transformer steps (override)")
+    parser.add_argument("--snap-targets", action="store_true",
+                        help="train on target ids equal to the source ids wherever the pixels are "
+                             "unchanged (docs/SHAPES.md, 'Tokenizer noise'); off for the shipped model")
     parser.add_argument("--reuse-vq", type=Path, default=None,
                         help="vqvae/ folder written by an earlier run of this recipe (same seed): "
                              "skips the VQ stage (about 5 minutes)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    recipe = ShapesRecipe(seed=args.seed)
+    recipe = ShapesRecipe(seed=args.seed, snap_targets=args.snap_targets)
     if args.steps is not None:
         recipe.steps = args.steps
         recipe.optim.total_steps = args.steps
