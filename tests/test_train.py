@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from editmgt.models.transformer import EditMGTTransformer, TransformerConfig
@@ -129,3 +130,29 @@ def test_agreement_mask_marks_unchanged_patches():
     assert mask.shape == (2, 2, 2)
     assert mask[0].tolist() == [[True, True], [False, True]]
     assert bool(mask[1].all())
+
+
+def test_modal_codes_give_each_patch_its_most_frequent_id():
+    from editmgt.train.shapes import modal_codes
+
+    # Three 4 x 8 images, two patches each: a black patch and a white one.
+    black, white = np.zeros((4, 4, 3), np.uint8), np.full((4, 4, 3), 255, np.uint8)
+    images = np.stack([np.concatenate([black, white], axis=1)] * 3)        # (3, 4, 8, 3)
+    # The VQ gave black ids 7, 7, 2 and white ids 5, 9, 9: context-dependent ids.
+    ids = torch.tensor([[[7, 5]], [[7, 9]], [[2, 9]]])
+    other = np.stack([np.concatenate([white, white], axis=1)])             # (1, 4, 8, 3)
+    other_ids = torch.tensor([[[9, 1]]])
+    (modal, modal_other), purity = modal_codes([images, other], [ids, other_ids], factor=4)
+    assert modal.tolist() == [[[7, 9]], [[7, 9]], [[7, 9]]]
+    assert modal_other.tolist() == [[[9, 9]]]
+    assert modal.dtype == ids.dtype
+    # 5 of the 8 ids already were their patch's modal id.
+    assert purity == pytest.approx(5 / 8)
+
+
+def test_shapes_recipe_rejects_unknown_targets():
+    from editmgt.train.shapes import ShapesRecipe
+
+    assert ShapesRecipe(targets="canonical").targets == "canonical"
+    with pytest.raises(ValueError, match="unknown targets 'nonsense'"):
+        ShapesRecipe(targets="nonsense")

@@ -64,7 +64,9 @@ class ShapesRecipe:
     vq_train: VQTrainConfig = field(default_factory=lambda: VQTrainConfig(
         ae_steps=300, steps=900, batch_size=16, lr=4e-3, pixel_loss="l1+mse", detail_weight=10.0))
     vq_dense_images: int = 8000           # dense scenes mixed into the VQ's training images
-    snap_targets: bool = False            # target id := source id where the patch is unchanged
+    # target ids: "vq" (the VQ's codes of the target image), "snap" (source id where the
+    # patch is unchanged), "canonical" (snap, and each changed patch's pixels -> their modal id)
+    targets: str = "vq"
     # transformer
     num_layers: int = 2
     num_single_layers: int = 4
@@ -79,6 +81,10 @@ class ShapesRecipe:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         lr=1e-3, warmup_steps=100, total_steps=2000, min_lr_ratio=0.1))
     log_every: int = 25
+
+    def __post_init__(self) -> None:
+        if self.targets not in ("vq", "snap", "canonical"):
+            raise ValueError(f"unknown targets {self.targets!r}: use vq, snap or canonical")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -250,6 +256,41 @@ def agreement_mask(sources: np.ndarray, targets: np.ndarray, factor: int) -> tor
     return torch.from_numpy(~changed.any(axis=(2, 4)))
 
 
+def modal_codes(images: Sequence[np.ndarray], ids: Sequence[torch.Tensor], factor: int
+                ) -> tuple[list[torch.Tensor], float]:
+    """Replace every token by the id the VQ most often gives its exact pixels.
+
+    images[k]: (N_k, H, W, 3) uint8 and ids[k]: (N_k, H/factor, W/factor) their VQ ids. The
+    encoder's receptive field and group norms make ids depend on the whole image, so equal
+    patches carry many ids; the modal id over all the images is a function of the patch
+    alone. Returns the modal ids in the shapes of `ids`, and the purity: the share of tokens
+    whose id already was their patch's modal id.
+    """
+    keys, codes = [], []
+    for img, tok in zip(images, ids):
+        n, h, w, c = img.shape
+        patches = img.reshape(n, h // factor, factor, w // factor, factor, c).transpose(0, 1, 3, 2, 4, 5)
+        flat = np.ascontiguousarray(patches).reshape(-1, factor * factor * c)
+        keys.append(flat.view(np.dtype((np.void, flat.shape[1])))[:, 0])
+        codes.append(tok.reshape(-1).numpy().astype(np.int64))
+    pattern_keys, pattern = np.unique(np.concatenate(keys), return_inverse=True)
+    code = np.concatenate(codes)
+    size = int(code.max()) + 1
+    pairs, counts = np.unique(pattern.astype(np.int64) * size + code, return_counts=True)
+    pair_pattern, pair_code = pairs // size, pairs % size
+    order = np.lexsort((-counts, pair_pattern))              # per pattern, most frequent first
+    first = np.ones(len(order), bool)
+    first[1:] = pair_pattern[order][1:] != pair_pattern[order][:-1]
+    mode = np.zeros(len(pattern_keys), np.int64)
+    mode[pair_pattern[order][first]] = pair_code[order][first]
+    modal = mode[pattern]
+    out, start = [], 0
+    for tok in ids:
+        out.append(torch.from_numpy(modal[start:start + tok.numel()].reshape(tok.shape)).to(tok.dtype))
+        start += tok.numel()
+    return out, float((modal == code).mean())
+
+
 def vq_check_rate(recon: torch.Tensor, seed: int, n: int) -> float:
     """Share of the first n training triples whose VQ-reconstructed target passes the eval's
     pixel check: the ceiling the VQ puts on edit success."""
@@ -335,9 +376,15 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
     tgt_ids = vq.encode(to_tensor(targets), batch_size=256)
     unchanged = agreement_mask(sources, targets, recipe.image_size // src_ids.shape[-1])
     log["token_agreement_unchanged"] = float((src_ids == tgt_ids)[unchanged].float().mean())
-    if recipe.snap_targets:
-        # Equal pixels should be equal tokens: a code flip there is tokenizer noise, and
-        # training on it teaches the editor to redraw what it should copy.
+    if recipe.targets == "canonical":
+        # Equal pixels should be equal tokens wherever the editor has to draw them: changed
+        # patches get the id their pixels most often have in the whole set.
+        (_, modal_tgt), log["patch_id_purity"] = modal_codes([sources, targets], [src_ids, tgt_ids],
+                                                             recipe.image_size // src_ids.shape[-1])
+        tgt_ids = modal_tgt
+    if recipe.targets in ("snap", "canonical"):
+        # Unchanged pixels are copied: a code flip there is tokenizer noise, and training on
+        # it teaches the editor to redraw what it should copy.
         tgt_ids = torch.where(unchanged, src_ids, tgt_ids)
     recon = vq.decode(tgt_ids[:280], batch_size=280)
     log["vq_roundtrip_l1"] = float((recon - to_tensor(targets[:280])).abs().mean())
@@ -409,16 +456,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     parser.add_argument("--steps", type=int, default=None, help="transformer steps (override)")
-    parser.add_argument("--snap-targets", action="store_true",
-                        help="train on target ids equal to the source ids wherever the pixels are "
-                             "unchanged (docs/SHAPES.md, 'Tokenizer noise'); off for the shipped model")
+    parser.add_argument("--targets", choices=("vq", "snap", "canonical"), default=None,
+                        help="target ids: the VQ's (vq), source ids where the pixels are unchanged "
+                             "(snap), or snap plus each changed patch's modal id (canonical); "
+                             "docs/SHAPES.md, 'Tokenizer noise'")
     parser.add_argument("--reuse-vq", type=Path, default=None,
                         help="vqvae/ folder written by an earlier run of this recipe (same seed): "
                              "skips the VQ stage (about 5 minutes)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    recipe = ShapesRecipe(seed=args.seed, snap_targets=args.snap_targets)
+    recipe = ShapesRecipe(seed=args.seed)
+    if args.targets is not None:
+        recipe.targets = args.targets
     if args.steps is not None:
         recipe.steps = args.steps
         recipe.optim.total_steps = args.steps
