@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from editmgt.data import shapes as data
-from editmgt.eval.shapes import check_edit, outside_l1
+from editmgt.eval.shapes import EvalSettings, check_edit, outside_l1
 
 CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-shapes"
 FOLDERS = ("editmgt", "text_encoder", "tokenizer", "llm_encoder", "vqvae", "scheduler")
 # The settings docs/SHAPES.md reports for this model.
-STEPS, GUIDANCE, GAMMA = 12, 4.0, 1.0
+STEPS, GUIDANCE, GAMMA = EvalSettings.steps, EvalSettings.guidance, EvalSettings.gamma
 HOLD_LAMBDA = 0.8
 
 

@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from editmgt.data import shapes as data
+from editmgt.train.objective import ObjectiveConfig
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +196,9 @@ def attention_scores(pipe, tokens: torch.Tensor, source_tokens: torch.Tensor, in
 class EvalSettings:
     """Sampler settings of the evaluation (the tiny-shapes defaults)."""
 
-    steps: int = 12
+    # The step values the model was trained on (15 ... 0 for 16 steps): with fewer steps the first,
+    # all-masked step would carry the value training gave a partly visible canvas.
+    steps: int = ObjectiveConfig().sampling_steps
     guidance: float = 4.0
     gamma: float = 1.0
     smoothing: str = "adaptive"
