@@ -43,6 +43,7 @@ NEGATIVE_PROMPT = (
     "worst quality, low quality, low res, blurry, distortion, watermark, logo, signature, "
     "text, jpeg artifacts, signature, sketch, duplicate, ugly, identifying mark"
 )  # the pipeline's default negative prompt: trained as a null prompt too
+TARGETS = ("vq", "snap", "canonical")   # ShapesRecipe.targets choices
 TEXT_LENGTH = 32             # Gemma2 rows: the tokenizer's model_max_length caps the stream
 
 
@@ -83,7 +84,7 @@ class ShapesRecipe:
     log_every: int = 25
 
     def __post_init__(self) -> None:
-        if self.targets not in ("vq", "snap", "canonical"):
+        if self.targets not in TARGETS:
             raise ValueError(f"unknown targets {self.targets!r}: use vq, snap or canonical")
 
     def to_dict(self) -> dict:
@@ -374,14 +375,14 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
     t0 = time.time()
     src_ids = vq.encode(to_tensor(sources), batch_size=256)
     tgt_ids = vq.encode(to_tensor(targets), batch_size=256)
-    unchanged = agreement_mask(sources, targets, recipe.image_size // src_ids.shape[-1])
+    factor = recipe.image_size // src_ids.shape[-1]                        # pixels per token side
+    unchanged = agreement_mask(sources, targets, factor)
     log["token_agreement_unchanged"] = float((src_ids == tgt_ids)[unchanged].float().mean())
     if recipe.targets == "canonical":
         # Equal pixels should be equal tokens wherever the editor has to draw them: changed
         # patches get the id their pixels most often have in the whole set.
-        (_, modal_tgt), log["patch_id_purity"] = modal_codes([sources, targets], [src_ids, tgt_ids],
-                                                             recipe.image_size // src_ids.shape[-1])
-        tgt_ids = modal_tgt
+        (_, tgt_ids), log["patch_id_purity"] = modal_codes([sources, targets], [src_ids, tgt_ids],
+                                                           factor)
     if recipe.targets in ("snap", "canonical"):
         # Unchanged pixels are copied: a code flip there is tokenizer noise, and training on
         # it teaches the editor to redraw what it should copy.
@@ -456,7 +457,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     parser.add_argument("--steps", type=int, default=None, help="transformer steps (override)")
-    parser.add_argument("--targets", choices=("vq", "snap", "canonical"), default=None,
+    parser.add_argument("--targets", choices=TARGETS, default=ShapesRecipe.targets,
                         help="target ids: the VQ's (vq), source ids where the pixels are unchanged "
                              "(snap), or snap plus each changed patch's modal id (canonical); "
                              "docs/SHAPES.md, 'Tokenizer noise'")
@@ -466,9 +467,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    recipe = ShapesRecipe(seed=args.seed)
-    if args.targets is not None:
-        recipe.targets = args.targets
+    recipe = ShapesRecipe(seed=args.seed, targets=args.targets)
     if args.steps is not None:
         recipe.steps = args.steps
         recipe.optim.total_steps = args.steps
