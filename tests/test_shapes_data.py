@@ -72,3 +72,21 @@ def test_vocabulary_and_iou():
     a = np.zeros((4, 4), bool)
     a[:2] = True
     assert iou(a, a) == 1.0 and iou(a, ~a) == 0.0
+
+
+def test_phrasing_noise_keeps_the_meaning_words():
+    rng = np.random.default_rng(0)
+    template_words = set(data.vocabulary())
+    changed = 0
+    for i in range(300):
+        tr = data.make_triple(0, i)
+        noisy = data.perturb_phrasing(tr.instruction, rng)
+        changed += noisy != tr.instruction
+        meaning = [w for w in tr.instruction.split() if w in data.MEANING_WORDS]
+        assert [w for w in noisy.split() if w in data.MEANING_WORDS] == meaning
+        # a new word is a pseudo-word, never a word some template (train or eval) uses
+        for w in set(noisy.split()) - set(tr.instruction.split()):
+            assert w not in template_words and w.isalpha()
+    assert 0.3 < changed / 300 < 0.9
+    a = data.perturb_phrasing("move the red circle to the top", np.random.default_rng(5))
+    assert a == data.perturb_phrasing("move the red circle to the top", np.random.default_rng(5))

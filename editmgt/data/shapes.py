@@ -20,6 +20,7 @@ Scenes are split by a stable hash into train and eval; eval also uses its own ph
 
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
@@ -416,3 +417,50 @@ def classify_pixels(img: np.ndarray) -> np.ndarray:
     cols = np.array(list(pal.values()), np.float64)                    # (P, 3)
     d = ((img.astype(np.float64)[:, :, None, :] - cols[None, None]) ** 2).sum(-1)
     return d.argmin(-1)
+
+
+# ----------------------------------------------------------------------------- phrasing noise
+
+# Words an instruction's meaning rests on: what fills a template, the articles (a new shape
+# vs an existing one) and the words that name the two scene-wide edits. Everything else
+# (verbs, prepositions, "it", ...) is phrasing and may be swapped for an unknown word.
+MEANING_WORDS: frozenset[str] = frozenset(
+    [*SHAPE_COLOURS, *SHAPE_KINDS, *BACKGROUND_WORDS.values(), *BACKGROUND_COLOURS,
+     *(w for p in POSITIONS for w in p.split()), "a", "the", "background", "grayscale", "color"])
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+@functools.lru_cache(maxsize=1)
+def _template_words() -> frozenset[str]:
+    return frozenset(vocabulary())
+
+
+def pseudo_word(rng: np.random.Generator, min_len: int = 2, max_len: int = 7) -> str:
+    """A random lower-case letter string that is not a word of any template."""
+    known = _template_words()
+    while True:
+        n = int(rng.integers(min_len, max_len + 1))
+        word = "".join(_LETTERS[int(i)] for i in rng.integers(0, len(_LETTERS), n))
+        if word not in known:
+            return word
+
+
+def perturb_phrasing(instruction: str, rng: np.random.Generator, replace: float = 0.25,
+                     drop: float = 0.1, insert: float = 0.25) -> str:
+    """Training-time phrasing noise: each word outside `MEANING_WORDS` is replaced by a
+    pseudo-word with probability `replace` or dropped with probability `drop`, and one
+    pseudo-word is inserted at a random place with probability `insert`.
+
+    The text towers have never seen most verbs an unseen phrasing uses; trained with this
+    noise the editor learns that the meaning lives in the colour, shape, position and
+    background words, not in the verb. No evaluation phrasing or word is used."""
+    words = []
+    for w in instruction.split():
+        u = rng.random()
+        if w in MEANING_WORDS or u >= replace + drop:
+            words.append(w)
+        elif u < replace:
+            words.append(pseudo_word(rng))
+    if rng.random() < insert:
+        words.insert(int(rng.integers(0, len(words) + 1)), pseudo_word(rng))
+    return " ".join(words)
