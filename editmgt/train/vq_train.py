@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +60,16 @@ class VQTrainConfig:
     kmeans_batches: int = 8       # batches of latents the codebook is clustered from
     kmeans_iters: int = 15
     restart_every: int = 25       # steps between dead-code restarts (0 = never)
+    # "latents": k-means / restarts over all encoder outputs (frequent patches get many
+    # codes); "patches": over the mean latent of each distinct pixel patch, so a patch
+    # seen a million times counts once and keeps one code whatever its context
+    codebook_from: str = "latents"
+    # id locality (after the quantised steps): fine-tune the encoder so that every distinct
+    # patch gets the id it most often has (cross-entropy over the frozen codebook) while
+    # the decoder is re-fitted to the ids the encoder then gives
+    locality_steps: int = 0
+    locality_batches: int = 64    # batches the modal-id table is counted on
+    locality_lr: float = 1e-3
     log_every: int = 25
     history: list = field(default_factory=list)
 
@@ -96,12 +106,16 @@ def decode_ids(vq: VQModel, ids: Tensor) -> Tensor:
 
 
 def _restart_dead_codes(vq: VQModel, usage: Tensor, latents: Tensor,
-                        generator: torch.Generator) -> int:
-    """Move codes unused since the last restart onto random encoder outputs."""
+                        generator: torch.Generator, keys: Optional[Tensor] = None) -> int:
+    """Move codes unused since the last restart onto random encoder outputs (with `keys`,
+    onto the mean latents of random distinct patches)."""
     dead = (usage == 0).nonzero().flatten()
     if dead.numel() == 0:
         return 0
-    flat = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+    if keys is not None:
+        flat = patch_means(latents, keys)
+    else:
+        flat = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
     pick = torch.randint(0, flat.shape[0], (dead.numel(),), generator=generator)
     noise = 0.01 * torch.randn(dead.numel(), flat.shape[1], generator=generator)
     with torch.no_grad():
@@ -133,6 +147,71 @@ def pixel_loss(rec: Tensor, x: Tensor, kind: str, detail_weight: float = 0.0) ->
     if kind == "l1+mse":
         return (w * ((rec - x).abs() + (rec - x) ** 2)).mean()
     raise ValueError(f"unknown pixel loss {kind!r}")
+
+
+def patch_keys(images: Tensor, factor: int) -> Tensor:
+    """(B, 3, H, W) images in [0, 1] -> (B, H/f, W/f) int64 hash of each token's exact
+    f x f pixel patch (8-bit values), equal keys for equal patches."""
+    b, c, h, w = images.shape
+    q = (images.detach() * 255).round().long()                                # (B, 3, H, W)
+    q = q.reshape(b, c, h // factor, factor, w // factor, factor).permute(0, 2, 4, 1, 3, 5)
+    q = q.reshape(b, h // factor, w // factor, -1)                             # (B, h, w, 3 f f)
+    mult = torch.tensor([(1_000_003 ** i) % (1 << 61) for i in range(q.shape[-1])], dtype=torch.long)
+    return (q * mult).sum(-1)                                               # wraps: a hash
+
+
+def patch_means(latents: Tensor, keys: Tensor) -> Tensor:
+    """Mean latent of every distinct patch: latents (B, C, h, w), keys (B, h, w) -> (U, C)."""
+    flat = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+    _, inverse = torch.unique(keys.flatten(), return_inverse=True)
+    u = int(inverse.max()) + 1
+    sums = torch.zeros(u, flat.shape[1], dtype=flat.dtype).index_add_(0, inverse, flat)
+    counts = torch.bincount(inverse, minlength=u).to(flat.dtype)
+    return sums / counts[:, None]
+
+
+def modal_ids(keys: Tensor, ids: Tensor, num_codes: int) -> tuple[Tensor, Tensor, float]:
+    """The most frequent id of every distinct patch key.
+
+    keys, ids: same shape (patch keys from `patch_keys`, VQ ids in [0, num_codes)).
+    Returns (sorted distinct keys (U,), their modal ids (U,), purity): purity is the share
+    of tokens whose id already is their patch's modal id."""
+    unique, inverse = torch.unique(keys.flatten(), return_inverse=True)      # sorted
+    counts = torch.bincount(inverse * num_codes + ids.flatten(),
+                            minlength=unique.numel() * num_codes).view(-1, num_codes)
+    purity = float(counts.max(1).values.sum() / counts.sum())
+    return unique, counts.argmax(1), purity
+
+
+@torch.no_grad()
+def modal_id_table(vq: VQModel, images: Sequence[Tensor], factor: int) -> tuple[Tensor, Tensor, float]:
+    """`modal_ids` of the VQ's own ids over `images` (each (B, 3, H, W) in [0, 1])."""
+    keys, ids = [], []
+    for x in images:
+        _, _, (_, _, idx) = vq.quantize(vq.encode(x).latents)
+        keys.append(patch_keys(x, factor).flatten())
+        ids.append(idx.flatten())
+    return modal_ids(torch.cat(keys), torch.cat(ids), vq.config.num_vq_embeddings)
+
+
+def lookup_modal(keys: Tensor, table_keys: Tensor, table_ids: Tensor) -> Tensor:
+    """Modal id of each key (any shape); -100 for keys not in the table."""
+    pos = torch.searchsorted(table_keys, keys.flatten()).clamp(max=table_keys.numel() - 1)
+    found = table_keys[pos] == keys.flatten()
+    return torch.where(found, table_ids[pos], torch.full_like(pos, -100)).view(keys.shape)
+
+
+def code_logits(latents: Tensor, codebook: Tensor, margin: float = 4.0) -> Tensor:
+    """(B, C, h, w) latents, (K, C) codebook -> (B*h*w, K) logits: minus squared distances,
+    scaled so that a latent on a code beats the code's nearest neighbour (median over
+    codes) by `margin` nats."""
+    flat = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+    d = torch.cdist(flat, codebook).pow(2)
+    with torch.no_grad():
+        between = torch.cdist(codebook, codebook).pow(2)
+        between.fill_diagonal_(float("inf"))
+        nearest = between.min(1).values.median().clamp(min=1e-12)
+    return -d * (margin / nearest)
 
 
 def _kmeans_pp_init(x: Tensor, k: int, generator: torch.Generator) -> Tensor:
@@ -195,12 +274,20 @@ def train_vq(sample_batch: Callable[[int, torch.Generator], Tensor], config: VQC
             train.history.append(rec_)
             logger.info("vq %s", rec_)
 
-    # 2. Codebook = k-means of the warmed-up latents.
+    if train.codebook_from not in ("latents", "patches"):
+        raise ValueError(f"codebook_from must be 'latents' or 'patches', got {train.codebook_from!r}")
+    by_patch = train.codebook_from == "patches"
+    factor = 2 ** (len(vq.config.block_out_channels) - 1)
+
+    # 2. Codebook = k-means of the warmed-up latents (or of the distinct patches' means).
     if train.ae_steps > 0:
         with torch.no_grad():
-            lat = torch.cat([vq.encode(sample_batch(train.batch_size, gen)).latents
-                             for _ in range(train.kmeans_batches)])
-            flat = lat.permute(0, 2, 3, 1).reshape(-1, lat.shape[1])
+            images = [sample_batch(train.batch_size, gen) for _ in range(train.kmeans_batches)]
+            lat = torch.cat([vq.encode(x).latents for x in images])
+            if by_patch:
+                flat = patch_means(lat, torch.cat([patch_keys(x, factor) for x in images]))
+            else:
+                flat = lat.permute(0, 2, 3, 1).reshape(-1, lat.shape[1])
             k = vq.config.num_vq_embeddings
             if flat.shape[0] < k:
                 flat = flat.repeat((k + flat.shape[0] - 1) // flat.shape[0], 1)
@@ -225,7 +312,8 @@ def train_vq(sample_batch: Callable[[int, torch.Generator], Tensor], config: VQC
         if train.restart_every and (i + 1) % train.restart_every == 0 and i < 0.8 * train.steps:
             with torch.no_grad():
                 latents = vq.encode(x).latents
-            restarted = _restart_dead_codes(vq, usage, latents, gen)
+            restarted = _restart_dead_codes(vq, usage, latents, gen,
+                                            patch_keys(x, factor) if by_patch else None)
             usage.zero_()
         if i % train.log_every == 0 or i == train.steps - 1:
             with torch.no_grad():
@@ -235,5 +323,57 @@ def train_vq(sample_batch: Callable[[int, torch.Generator], Tensor], config: VQC
                     "restarted": restarted, "seconds": round(time.time() - t0, 1)}
             train.history.append(rec_)
             logger.info("vq %s", rec_)
+
+    # 4. Id locality: the encoder's group norms see the whole image, so one patch gets
+    #    many ids across scenes; pull each patch to its modal id, re-fit the decoder.
+    if train.locality_steps > 0:
+        train_id_locality(vq, sample_batch, train, gen, t0)
     vq.eval()
     return vq
+
+
+def train_id_locality(vq: VQModel, sample_batch: Callable[[int, torch.Generator], Tensor],
+                      train: VQTrainConfig, gen: torch.Generator, t0: Optional[float] = None) -> float:
+    """Phase 4 of `train_vq` (VQTrainConfig.locality_steps steps), codebook frozen: the
+    encoder learns to give each distinct patch of the sampled images its modal id, the
+    decoder is re-fitted to the ids it then gives. Returns the modal-id purity before."""
+    t0 = time.time() if t0 is None else t0
+    factor = 2 ** (len(vq.config.block_out_channels) - 1)
+    vq.eval()
+    images = [sample_batch(train.batch_size, gen) for _ in range(train.locality_batches)]
+    table_keys, table_ids, purity = modal_id_table(vq, images, factor)
+    logger.info("vq locality: %d distinct patches, modal-id purity %.3f", table_keys.numel(), purity)
+    train.history.append({"phase": "locality", "step": 0, "patches": int(table_keys.numel()),
+                          "purity": purity})
+    vq.quantize.embedding.weight.requires_grad_(False)
+    encoder = list(vq.encoder.parameters()) + list(vq.quant_conv.parameters())
+    decoder = list(vq.decoder.parameters()) + list(vq.post_quant_conv.parameters())
+    opt = torch.optim.AdamW(encoder + decoder, lr=train.locality_lr, betas=(0.9, 0.99), weight_decay=0.0)
+    vq.train()
+    for i in range(train.locality_steps):
+        lr = train.locality_lr * min(1.0, (i + 1) / 25) * (1 - i / train.locality_steps)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x = sample_batch(train.batch_size, gen)
+        latents = vq.encode(x).latents
+        target = lookup_modal(patch_keys(x, factor), table_keys, table_ids).flatten()
+        ce = F.cross_entropy(code_logits(latents, vq.quantize.embedding.weight), target,
+                             ignore_index=-100)
+        with torch.no_grad():
+            quant, _, (_, _, ids) = vq.quantize(latents.detach())
+        rec = vq.decoder(vq.post_quant_conv(quant), None)
+        pix = pixel_loss(rec, x, train.pixel_loss, train.detail_weight)
+        opt.zero_grad(set_to_none=True)
+        (ce + pix).backward()
+        torch.nn.utils.clip_grad_norm_(encoder + decoder, 1.0)
+        opt.step()
+        if i % train.log_every == 0 or i == train.locality_steps - 1:
+            valid = target >= 0
+            agree = float((ids.flatten()[valid] == target[valid]).float().mean()) if valid.any() else 0.0
+            rec_ = {"phase": "locality", "step": i, "ce": float(ce.detach()), "pixel": float(pix.detach()),
+                    "modal_agreement": agree, "seconds": round(time.time() - t0, 1)}
+            train.history.append(rec_)
+            logger.info("vq %s", rec_)
+    vq.quantize.embedding.weight.requires_grad_(True)
+    vq.eval()
+    return purity
