@@ -162,7 +162,6 @@ class ClipPooledEncoder(nn.Module):
             list(prompts), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
         ).input_ids
 
-    @torch.no_grad()
     def forward(self, prompts: Sequence[str]) -> ClipOutput:
         device, _ = _device_dtype(self.model)
         ids = self.tokenize(prompts).to(device)
@@ -230,7 +229,6 @@ class Gemma2HiddenStates(nn.Module):
             list(prompts), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
         )
 
-    @torch.no_grad()
     def forward(self, prompts: Sequence[str]) -> Gemma2Output:
         device, _ = _device_dtype(self.model)
         batch = self.tokenize(prompts)
@@ -297,6 +295,11 @@ class TextConditioner(nn.Module):
 
     def clear_cache(self) -> None:
         self._cache.clear()
+
+    def forward(self, prompts: Sequence[str]) -> TextEmbeddings:
+        """Differentiable, uncached encoding (for training the towers); `encode` is the
+        inference path."""
+        return self._encode_uncached([str(p) for p in prompts])
 
     def _encode_uncached(self, prompts: list[str]) -> TextEmbeddings:
         clip = self.clip(prompts)

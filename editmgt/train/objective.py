@@ -189,7 +189,10 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: EditBa
                objective: ObjectiveConfig, optim: OptimConfig, step: int,
                generator: Optional[torch.Generator] = None,
                null_text: Optional[tuple[Tensor, Tensor]] = None) -> dict[str, float]:
-    """One optimiser step (text dropout, Eq. 1 loss, clipping, AdamW). Returns scalars."""
+    """One optimiser step (text dropout, Eq. 1 loss, clipping, AdamW). Returns scalars.
+
+    Every parameter the optimiser holds is clipped together, so text towers trained
+    with the model (their states carried in `batch`) are clipped with it."""
     model.train()
     if null_text is not None:
         batch = apply_text_dropout(batch, null_text[0], null_text[1], objective.text_dropout,
@@ -200,7 +203,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: EditBa
     out = edit_loss(model, batch, objective, generator)
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, optim.grad_clip)
     optimizer.step()
     return {"loss": float(out.loss.detach()), "acc": out.accuracy, "copy_acc": out.copy_accuracy,
             "edit_acc": out.edit_accuracy, "masked": out.masked_fraction,
