@@ -218,8 +218,11 @@ class EvalResult:
 
 def evaluate(model_dir: str | Path, n: int = 300, seed: int = 0,
              settings: Optional[EvalSettings] = None, pipe=None,
-             save_examples: Optional[Path] = None) -> EvalResult:
-    """Edit `n` held-out triples at every lambda and measure them (see module doc)."""
+             save_examples: Optional[Path] = None, split: str = "eval") -> EvalResult:
+    """Edit `n` held-out triples at every lambda and measure them (see module doc).
+
+    split="train" measures training scenes with training phrasings instead (for choosing
+    sampler settings without looking at the held-out set)."""
     from editmgt.pipeline import EditMGTPipeline
 
     settings = settings or EvalSettings()
@@ -229,11 +232,11 @@ def evaluate(model_dir: str | Path, n: int = 300, seed: int = 0,
     lambdas = list(settings.lambdas)
     if 0.0 not in lambdas:
         lambdas = [0.0] + lambdas
-    result = EvalResult(settings=dict(settings.__dict__, lambdas=lambdas, ranges=ranges))
+    result = EvalResult(settings=dict(settings.__dict__, lambdas=lambdas, ranges=ranges, split=split))
     size = data.IMAGE_SIZE
     t0 = time.time()
     for i in range(n):
-        tr = data.make_triple(seed, i, "eval")
+        tr = data.make_triple(seed, i, split)
         outs = pipe.sweep(Image.fromarray(tr.source), tr.instruction, lambdas, steps=settings.steps,
                           guidance=settings.guidance, gamma=settings.gamma,
                           smoothing=settings.smoothing, smoothing_strength=settings.smoothing_strength,
@@ -266,6 +269,7 @@ def evaluate(model_dir: str | Path, n: int = 300, seed: int = 0,
         if (i + 1) % 25 == 0:
             logger.info("%d/%d edits (%.0fs)", i + 1, n, time.time() - t0)
     result.summary = summarise(result.records, lambdas)
+    result.summary["split"] = split
     result.summary["seconds"] = round(time.time() - t0, 1)
     return result
 
@@ -302,7 +306,8 @@ def summarise(records: list[dict], lambdas: Sequence[float]) -> dict:
 
 def format_table(summary: dict) -> str:
     """The printed report (plain text, markdown-friendly)."""
-    lines = [f"n = {summary['n']} held-out triples", "", "| edit kind | n | success (lambda 0) |",
+    what = "held-out" if summary.get("split", "eval") == "eval" else "training-split"
+    lines = [f"n = {summary['n']} {what} triples", "", "| edit kind | n | success (lambda 0) |",
              "|---|---|---|"]
     for k, v in summary["success_by_kind"].items():
         lines.append(f"| {k} | {summary['count_by_kind'][k]} | {100 * v:.1f} % |")
@@ -368,12 +373,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--guidance", type=float, default=defaults.guidance)
     parser.add_argument("--gamma", type=float, default=defaults.gamma)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--split", choices=data.SPLITS, default="eval",
+                        help="eval: held-out scenes and phrasings (the report); train: training "
+                             "scenes and phrasings (for choosing settings)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = EvalSettings(steps=args.steps, guidance=args.guidance, gamma=args.gamma)
-    result = evaluate(args.model, args.n, args.seed, settings, save_examples=args.out / "examples")
+    result = evaluate(args.model, args.n, args.seed, settings, save_examples=args.out / "examples",
+                      split=args.split)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps({"settings": result.settings,
                                                        **result.summary}, indent=1) + "\n")
