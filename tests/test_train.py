@@ -156,3 +156,171 @@ def test_shapes_recipe_rejects_unknown_targets():
     assert ShapesRecipe(targets="canonical").targets == "canonical"
     with pytest.raises(ValueError, match="unknown targets 'nonsense'"):
         ShapesRecipe(targets="nonsense")
+
+
+def _blocks_sampler(colours: torch.Tensor):
+    """16 x 16 images of 2 x 2 blocks of random palette colours (each block 8 x 8 pixels)."""
+    def sample(b, g):
+        idx = torch.randint(0, colours.shape[0], (b, 2, 2), generator=g)
+        img = colours[idx].permute(0, 3, 1, 2)                        # (B, 3, 2, 2)
+        return torch.nn.functional.interpolate(img, scale_factor=8, mode="nearest")
+    return sample
+
+
+def test_patch_keys_and_means_group_equal_patches():
+    from editmgt.train.vq_train import patch_keys, patch_means
+
+    img = torch.zeros(2, 3, 4, 8)
+    img[0, :, :, 4:] = 1.0                                    # image 0: black | white
+    img[1, 0, :, :4] = 0.5                                    # image 1: dark red | black
+    keys = patch_keys(img, 4)                                 # (2, 1, 2)
+    assert keys.shape == (2, 1, 2)
+    assert keys[0, 0, 0] == keys[1, 0, 1]                     # black == black
+    assert len({int(k) for k in keys.flatten()}) == 3
+    latents = torch.arange(4, dtype=torch.float32).view(2, 1, 1, 2)   # (B, C, h, w): 0 1 | 2 3
+    means = patch_means(latents, keys)                        # one row per distinct patch
+    # white = 1, dark red = 2, black = mean of 0 (image 0) and 3 (image 1)
+    assert sorted(means.flatten().tolist()) == [1.0, 1.5, 2.0]
+
+
+def test_modal_id_table_and_lookup():
+    from editmgt.train.vq_train import lookup_modal
+
+    table_keys = torch.tensor([3, 10, 42])
+    table_ids = torch.tensor([7, 1, 5])
+    keys = torch.tensor([[42, 3], [11, 10]])
+    assert lookup_modal(keys, table_keys, table_ids).tolist() == [[5, 7], [-100, 1]]
+
+
+def test_codebook_from_patches_and_id_locality():
+    """The codebook built from distinct patches, then the locality phase: the same patch
+    gets the same id whatever the rest of the image holds."""
+    from editmgt.train.vq_train import modal_id_table, train_id_locality
+
+    torch.set_num_threads(1)
+    colours = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.2, 0.9], [0.9, 0.9, 0.9], [0.1, 0.8, 0.2]])
+    sample = _blocks_sampler(colours)
+    cfg = VQConfig(block_out_channels=(8, 8), latent_channels=4, num_vq_embeddings=32,
+                   norm_num_groups=4)
+    train = VQTrainConfig(ae_steps=40, steps=40, batch_size=8, lr=5e-3, kmeans_batches=4,
+                          log_every=10, restart_every=10, pixel_loss="mse",
+                          codebook_from="patches")
+    vq = train_vq(sample, cfg, train, seed=0)
+    probe = [sample(8, torch.Generator().manual_seed(i)) for i in range(4)]
+    _, _, before = modal_id_table(vq, probe, factor=2)
+    train.locality_steps, train.locality_lr, train.locality_batches = 60, 5e-3, 8
+    train_id_locality(vq, sample, train, torch.Generator().manual_seed(1))
+    _, _, after = modal_id_table(vq, probe, factor=2)
+    assert after > before and after > 0.9, (before, after)
+    assert [h["phase"] for h in train.history].count("locality") >= 2
+
+
+def test_codebook_from_rejects_unknown_values():
+    cfg = VQConfig(block_out_channels=(8, 8), latent_channels=4, num_vq_embeddings=8,
+                   norm_num_groups=4)
+    with pytest.raises(ValueError, match="codebook_from"):
+        train_vq(_blocks_sampler(torch.rand(2, 3)), cfg,
+                 VQTrainConfig(ae_steps=1, steps=1, batch_size=2, codebook_from="sometimes"))
+
+
+def test_text_towers_train_with_the_editor_and_round_trip(tmp_path):
+    """Joint training moves the towers' layers, never their token embeddings, and the saved
+    towers load in the released layout and give the trained states."""
+    from editmgt.models.text_encoders import TextConditioner
+    from editmgt.train.shapes import (ShapesRecipe, save_text_towers, text_trainables,
+                                      write_text_towers)
+
+    torch.set_num_threads(1)
+    recipe = ShapesRecipe(text_dim=8, pooled_dim=8, clip_hidden=8, text_layers=2)
+    write_text_towers(tmp_path, recipe, num_merges=300)
+    text = TextConditioner.from_pretrained(tmp_path, cache_size=0)
+    params = text_trainables(text)
+    embeddings = [m.get_input_embeddings().weight for m in (text.clip.model, text.llm.model)]
+    assert all(not e.requires_grad for e in embeddings)
+    frozen_before = [e.detach().clone() for e in embeddings]
+    model = tiny_model()
+    opt = make_optimizer(torch.nn.ModuleList([model, text]), OptimConfig(lr=3e-3))
+    assert sum(len(g["params"]) for g in opt.param_groups) == (
+        len(list(model.parameters())) + len(params))
+    layer = text.llm.model.layers[0].self_attn.q_proj.weight
+    layer_before = layer.detach().clone()
+    prompts = ["make the red circle blue", "remove the green star"] * 4
+    base = tiny_batch()
+    gen = torch.Generator().manual_seed(0)
+    for step in range(3):
+        emb = text(prompts)
+        assert emb.states.requires_grad
+        batch = EditBatch(base.target_tokens, base.source_tokens, emb.states, emb.pooled,
+                          base.micro_conds)
+        train_step(model, opt, batch, ObjectiveConfig(text_dropout=0.0), OptimConfig(lr=3e-3), step, gen)
+    assert not torch.equal(layer, layer_before)
+    assert all(torch.equal(e, b) for e, b in zip(embeddings, frozen_before))
+    save_text_towers(text.eval(), tmp_path)
+    reloaded = TextConditioner.from_pretrained(tmp_path, cache_size=0)
+    want, got = text.encode(prompts[:2]), reloaded.encode(prompts[:2])
+    assert torch.allclose(want.states, got.states, atol=1e-5)
+    assert torch.allclose(want.pooled, got.pooled, atol=1e-5)
+
+
+def test_prompt_sampler_noise_and_dropout():
+    from editmgt.train.shapes import PromptSampler
+
+    instructions = ["make the red circle blue", "remove the green star"]
+    index = torch.tensor([0, 1] * 200)
+    plain = PromptSampler(instructions, 0.0, 0.0, [""], seed=0)(index)
+    assert plain == [instructions[i] for i in index.tolist()]
+    dropped = PromptSampler(instructions, 0.0, 1.0, ["", "neg"], seed=0)(index)
+    assert set(dropped) == {"", "neg"}
+    noisy = PromptSampler(instructions, 1.0, 0.0, [""], seed=0)(index)
+    assert PromptSampler(instructions, 1.0, 0.0, [""], seed=0)(index) == noisy      # seeded
+    changed = [p for p, i in zip(noisy, index.tolist()) if p != instructions[i]]
+    assert 0.3 < len(changed) / len(noisy) < 0.95
+    for p, i in zip(noisy, index.tolist()):                 # meaning words always survive
+        for w in ("red", "circle", "blue") if i == 0 else ("green", "star"):
+            assert w in p.split()
+
+
+def _copy_accuracy_after_training(copy_heads: int, steps: int = 120) -> float:
+    """Train a tiny transformer to reproduce random token grids from the reference stream
+    (nothing but same-position attention can solve it); accuracy on fresh grids."""
+    from editmgt.train.init import init_copy_heads
+
+    torch.set_num_threads(1)
+    model = tiny_model(codebook=16)
+    if copy_heads:
+        init_copy_heads(model, heads=copy_heads)
+    optim = OptimConfig(lr=3e-3, warmup_steps=10)
+    opt = make_optimizer(model, optim)
+    g = torch.Generator().manual_seed(0)
+    text, pooled = torch.zeros(1, 5, 8), torch.zeros(1, 8)
+    micro = torch.tensor([[16.0, 16.0, 0.0, 0.0, 6.0]])
+
+    def batch(b: int) -> EditBatch:
+        src = torch.randint(0, 16, (b, 8, 8), generator=g)
+        return EditBatch(src, src, text.expand(b, -1, -1), pooled.expand(b, -1), micro.expand(b, -1))
+
+    for step in range(steps):
+        train_step(model, opt, batch(16), ObjectiveConfig(text_dropout=0.0), optim, step, g)
+    with torch.no_grad():
+        return edit_loss(model, batch(64), ObjectiveConfig(), g).accuracy
+
+
+def test_copy_heads_make_copying_learnable():
+    from editmgt.train.init import positional_dims
+
+    assert positional_dims((8, 12, 12), pairs=2) == [8, 9, 10, 11, 20, 21, 22, 23]
+    with pytest.raises(ValueError, match="rotation pairs"):
+        positional_dims((4, 2, 2), pairs=2)
+    plain, primed = _copy_accuracy_after_training(0), _copy_accuracy_after_training(1)
+    assert plain < 0.3 and primed > 0.9, (plain, primed)
+
+
+def test_copy_batch_draws_every_code_evenly():
+    from editmgt.train.shapes import copy_batch
+
+    codes = torch.tensor([3, 8, 11, 40])
+    source, target = copy_batch(codes, 64, (8, 8), torch.Generator().manual_seed(0))
+    assert source.shape == (64, 8, 8) and torch.equal(source, target)
+    values, counts = torch.unique(source, return_counts=True)
+    assert values.tolist() == [3, 8, 11, 40]
+    assert counts.min() > 0.2 * source.numel() and counts.max() < 0.3 * source.numel()

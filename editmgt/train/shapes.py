@@ -2,12 +2,15 @@
 
     python -m editmgt.train.shapes --out DIR [--seed 0] [--threads N]
 
-Steps: (1) frozen random tiny CLIP and Gemma2 text towers with real BPE tokenizers learned
-from the shapes vocabulary; (2) edit triples from `editmgt.data.shapes`; (3) a small
-`VQModel` trained on the domain (`vq_train.py`); (4) the transformer trained with the
-paper's objective (`objective.py`). DIR then holds editmgt/, text_encoder/, tokenizer/,
-llm_encoder/, vqvae/, scheduler/, editmgt_pipeline.json and train_log.json, loadable with
-`EditMGTPipeline.from_pretrained(DIR)`. Everything is seeded; losses go to the log.
+Steps: (1) random tiny CLIP and Gemma2 text towers with real BPE tokenizers learned from
+the shapes vocabulary; (2) edit triples from `editmgt.data.shapes`; (3) a small `VQModel`
+trained on the domain (`vq_train.py`: codebook from distinct patches, then an id-locality
+phase so equal patches get equal ids); (4) the transformer, started with copy heads
+(`init.py`) and a short copy warm-up, trained with the paper's objective (`objective.py`)
+together with the text towers' layers, on instructions partly perturbed by phrasing noise.
+DIR then holds editmgt/, text_encoder/, tokenizer/, llm_encoder/, vqvae/, scheduler/,
+editmgt_pipeline.json and train_log.json, loadable with `EditMGTPipeline.from_pretrained(DIR)`.
+Everything is seeded; losses go to the log.
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ from editmgt.train.objective import (
     make_optimizer,
     train_step,
 )
-from editmgt.train.vq_train import VQConfig, VQTrainConfig, train_vq
+from editmgt.train.init import init_copy_heads
+from editmgt.train.vq_train import (VQConfig, VQTrainConfig, lookup_modal, modal_ids, patch_keys,
+                                    train_vq)
 
 logger = logging.getLogger(__name__)
 
@@ -54,20 +59,25 @@ class ShapesRecipe:
     seed: int = 0
     image_size: int = data.IMAGE_SIZE
     n_train: int = 16000                  # training triples (cached as tokens)
-    # text towers (frozen, random)
+    # text towers (random; their layers train with the editor when train_text)
     text_dim: int = 32                    # Gemma2 hidden = joint_attention_dim
     pooled_dim: int = 32                  # CLIP projection = pooled_projection_dim
     clip_hidden: int = 32
     text_layers: int = 3
     text_init_range: float = 0.1          # std of the random towers' weights
+    # train the towers' layers with the editor (token embeddings stay frozen random, so a
+    # word training never shows looks like the pseudo-words of the phrasing noise)
+    train_text: bool = True
+    phrasing_noise: float = 0.5           # share of training instructions perturbed
     # VQ
     vq: VQConfig = field(default_factory=VQConfig)
     vq_train: VQTrainConfig = field(default_factory=lambda: VQTrainConfig(
-        ae_steps=300, steps=900, batch_size=16, lr=4e-3, pixel_loss="l1+mse", detail_weight=10.0))
+        ae_steps=300, steps=900, batch_size=16, lr=4e-3, pixel_loss="l1+mse", detail_weight=10.0,
+        kmeans_batches=64, codebook_from="patches", locality_steps=1000, locality_lr=2e-3))
     vq_dense_images: int = 8000           # dense scenes mixed into the VQ's training images
     # target ids: "vq" (the VQ's codes of the target image), "snap" (source id where the
     # patch is unchanged), "canonical" (snap, and each changed patch's pixels -> their modal id)
-    targets: str = "vq"
+    targets: str = "snap"
     # transformer
     num_layers: int = 2
     num_single_layers: int = 4
@@ -75,12 +85,16 @@ class ShapesRecipe:
     head_dim: int = 32
     axes_dims_rope: tuple[int, int, int] = (8, 12, 12)
     downsample: bool = True               # 2x2 VQ tokens per transformer token, as released
+    copy_heads: int = 1                   # heads per double block started as copy heads (train/init.py)
+    copy_warmup_steps: int = 200          # first steps: reproduce random token grids (copy_batch)
+    kind_repeats: dict = field(default_factory=dict)   # edit kind -> times per epoch (default 1)
     # optimisation
-    steps: int = 2000
+    steps: int = 3000                     # edit steps, after the copy warm-up
     batch_size: int = 32
     objective: ObjectiveConfig = field(default_factory=lambda: ObjectiveConfig(text_dropout=0.1))
+    # total_steps 0: the cosine decay spans the whole run (copy warm-up + edit steps)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
-        lr=1e-3, warmup_steps=100, total_steps=2000, min_lr_ratio=0.1))
+        lr=1e-3, warmup_steps=100, total_steps=0, min_lr_ratio=0.1))
     log_every: int = 25
 
     def __post_init__(self) -> None:
@@ -155,7 +169,8 @@ def _write_gemma_tokenizer(folder: Path, corpus: Sequence[str], num_merges: int)
 
 
 def write_text_towers(root: Path, recipe: ShapesRecipe, num_merges: int = 2000) -> None:
-    """text_encoder/ + tokenizer/ (CLIP) and llm_encoder/ (Gemma2), random and frozen."""
+    """text_encoder/ + tokenizer/ (CLIP) and llm_encoder/ (Gemma2), random (trained later
+    with the editor when recipe.train_text)."""
     from transformers import (CLIPTextConfig, CLIPTextModelWithProjection, Gemma2Config,
                               Gemma2ForCausalLM)
 
@@ -230,21 +245,72 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 @dataclass
 class EncodedTriples:
-    """The training set as tokens: ids (N, h, w) and an instruction index per triple."""
+    """The training set as tokens: ids (N, h, w) and the instruction of each triple."""
 
     source: torch.Tensor
     target: torch.Tensor
-    text_index: torch.Tensor                # (N,) into states / pooled
-    states: torch.Tensor                    # (U, T, D) unique instructions
-    pooled: torch.Tensor                    # (U, P)
-    null_states: torch.Tensor               # (K, T, D) null prompts
-    null_pooled: torch.Tensor               # (K, P)
+    instructions: list[str]
     kinds: list[str]
 
-    def batch(self, index: torch.Tensor, micro_conds: torch.Tensor) -> EditBatch:
-        t = self.text_index[index]
-        return EditBatch(self.target[index], self.source[index], self.states[t], self.pooled[t],
-                         micro_conds.expand(index.numel(), -1))
+
+class PromptSampler:
+    """The text side of a training batch: each triple's instruction, perturbed with
+    probability `noise` (`data.perturb_phrasing`), or one of the null prompts with
+    probability `dropout` (for classifier-free guidance). Seeded."""
+
+    def __init__(self, instructions: Sequence[str], noise: float, dropout: float,
+                 null_prompts: Sequence[str], seed: int) -> None:
+        self.instructions = list(instructions)
+        self.noise, self.dropout = float(noise), float(dropout)
+        self.null_prompts = list(null_prompts)
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, index: torch.Tensor) -> list[str]:
+        prompts = []
+        for i in index.tolist():
+            prompt = self.instructions[i]
+            if self.rng.random() < self.noise:
+                prompt = data.perturb_phrasing(prompt, self.rng)
+            if self.rng.random() < self.dropout:
+                prompt = self.null_prompts[int(self.rng.integers(len(self.null_prompts)))]
+            prompts.append(prompt)
+        return prompts
+
+
+def copy_batch(codes: torch.Tensor, batch_size: int, grid: tuple[int, int],
+               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(source, target) of a pure copy task: grids of codes drawn uniformly from `codes`,
+    target = source. Nothing but attention to the same position in the reference stream
+    predicts them, and every code is seen equally often, so the embedding -> attention ->
+    head path learns to reproduce any code (real scenes show most codes a few times only,
+    under a flood of background tokens)."""
+    pick = torch.randint(0, codes.numel(), (batch_size, *grid), generator=generator)
+    source = codes[pick]
+    return source, source.clone()
+
+
+def text_trainables(text) -> list[torch.nn.Parameter]:
+    """Unfreeze a TextConditioner's towers except their token embeddings; returns the
+    parameters to train."""
+    frozen = {id(m.get_input_embeddings().weight) for m in (text.clip.model, text.llm.model)}
+    params = []
+    for tower in (text.clip.model, text.llm.model):
+        for p in tower.parameters():
+            p.requires_grad_(id(p) not in frozen)
+            if p.requires_grad:
+                params.append(p)
+    return params
+
+
+def save_text_towers(text, root: Path) -> None:
+    """Write trained towers back in the released layout (llm_encoder/ as a causal LM)."""
+    from transformers import Gemma2ForCausalLM
+
+    text.clip.model.save_pretrained(root / "text_encoder", safe_serialization=True)
+    lm = Gemma2ForCausalLM(text.llm.model.config)
+    lm.model.load_state_dict(text.llm.model.state_dict())
+    lm.tie_weights()
+    lm.eval().save_pretrained(root / "llm_encoder", safe_serialization=True)
 
 
 def agreement_mask(sources: np.ndarray, targets: np.ndarray, factor: int) -> torch.Tensor:
@@ -267,29 +333,12 @@ def modal_codes(images: Sequence[np.ndarray], ids: Sequence[torch.Tensor], facto
     alone. Returns the modal ids in the shapes of `ids`, and the purity: the share of tokens
     whose id already was their patch's modal id.
     """
-    keys, codes = [], []
-    for img, tok in zip(images, ids):
-        n, h, w, c = img.shape
-        patches = img.reshape(n, h // factor, factor, w // factor, factor, c).transpose(0, 1, 3, 2, 4, 5)
-        flat = np.ascontiguousarray(patches).reshape(-1, factor * factor * c)
-        keys.append(flat.view(np.dtype((np.void, flat.shape[1])))[:, 0])
-        codes.append(tok.reshape(-1).numpy().astype(np.int64))
-    pattern_keys, pattern = np.unique(np.concatenate(keys), return_inverse=True)
-    code = np.concatenate(codes)
-    size = int(code.max()) + 1
-    pairs, counts = np.unique(pattern.astype(np.int64) * size + code, return_counts=True)
-    pair_pattern, pair_code = pairs // size, pairs % size
-    order = np.lexsort((-counts, pair_pattern))              # per pattern, most frequent first
-    first = np.ones(len(order), bool)
-    first[1:] = pair_pattern[order][1:] != pair_pattern[order][:-1]
-    mode = np.zeros(len(pattern_keys), np.int64)
-    mode[pair_pattern[order][first]] = pair_code[order][first]
-    modal = mode[pattern]
-    out, start = [], 0
-    for tok in ids:
-        out.append(torch.from_numpy(modal[start:start + tok.numel()].reshape(tok.shape)).to(tok.dtype))
-        start += tok.numel()
-    return out, float((modal == code).mean())
+    keys = [patch_keys(to_tensor(img), factor) for img in images]
+    num_codes = int(max(int(t.max()) for t in ids)) + 1
+    table_keys, table_ids, purity = modal_ids(torch.cat([k.flatten() for k in keys]),
+                                              torch.cat([t.flatten() for t in ids]), num_codes)
+    out = [lookup_modal(k, table_keys, table_ids).to(t.dtype) for k, t in zip(keys, ids)]
+    return out, purity
 
 
 def vq_check_rate(recon: torch.Tensor, seed: int, n: int) -> float:
@@ -300,17 +349,6 @@ def vq_check_rate(recon: torch.Tensor, seed: int, n: int) -> float:
     images = (recon.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     ok = [check_edit(images[i], data.make_triple(seed, i, "train")) for i in range(n)]
     return float(np.mean(ok))
-
-
-def encode_text_table(text, prompts: Sequence[str], chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encode prompts with a TextConditioner in chunks -> (states (U, T, D), pooled (U, P))."""
-    states, pooled = [], []
-    for i in range(0, len(prompts), chunk):
-        emb = text.encode(list(prompts[i:i + chunk]))
-        states.append(emb.states.float())
-        pooled.append(emb.pooled.float())
-        text.clear_cache()
-    return torch.cat(states), torch.cat(pooled)
 
 
 # ----------------------------------------------------------------------------- main recipe
@@ -391,55 +429,73 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
     log["vq_roundtrip_l1"] = float((recon - to_tensor(targets[:280])).abs().mean())
     log["vq_target_check_rate"] = vq_check_rate(recon, recipe.seed, 280)
     del pool
-    unique = sorted(set(instructions))
-    where = {p: i for i, p in enumerate(unique)}
-    states, pooled = encode_text_table(text, unique)
-    null_states, null_pooled = encode_text_table(text, ["", NEGATIVE_PROMPT])
-    enc = EncodedTriples(src_ids, tgt_ids, torch.tensor([where[p] for p in instructions]),
-                         states, pooled, null_states, null_pooled, kinds)
+    enc = EncodedTriples(src_ids, tgt_ids, instructions, kinds)
     log["timings"]["encode_s"] = round(time.time() - t0, 1)
-    log["unique_instructions"] = len(unique)
-    logger.info("tokens %s, %d unique instructions, text %s, VQ round-trip L1 %.4f, "
-                "reconstructed targets passing the pixel check %.3f, unchanged patches with "
-                "equal ids %.3f", tuple(src_ids.shape), len(unique), tuple(states.shape[1:]),
-                log["vq_roundtrip_l1"], log["vq_target_check_rate"],
-                log["token_agreement_unchanged"])
+    log["unique_instructions"] = len(set(instructions))
+    logger.info("tokens %s, %d unique instructions, VQ round-trip L1 %.4f, reconstructed "
+                "targets passing the pixel check %.3f, unchanged patches with equal ids %.3f",
+                tuple(src_ids.shape), log["unique_instructions"], log["vq_roundtrip_l1"],
+                log["vq_target_check_rate"], log["token_agreement_unchanged"])
 
-    # 5. Transformer.
+    # 5. Transformer (and the text towers' layers when recipe.train_text).
     t0 = time.time()
-    cfg_dict = transformer_config(recipe, vq.codebook_size, states.shape[-1], pooled.shape[-1])
+    cfg_dict = transformer_config(recipe, vq.codebook_size, text.text_dim, text.pooled_dim)
     torch.manual_seed(recipe.seed + 40)
     model = EditMGTTransformer(TransformerConfig.from_dict(cfg_dict))
-    logger.info("transformer: %d parameters", count_parameters([model]))
-    optimizer = make_optimizer(model, recipe.optim)
+    if recipe.copy_heads:
+        init_copy_heads(model, heads=recipe.copy_heads)
+    text_params = text_trainables(text) if recipe.train_text else []
+    logger.info("transformer: %d parameters; text towers: %d trained", count_parameters([model]),
+                sum(p.numel() for p in text_params))
+    trained = torch.nn.ModuleList([model, text]) if recipe.train_text else model
+    optimizer = make_optimizer(trained, recipe.optim)
     gen = torch.Generator().manual_seed(recipe.seed + 50)
+    prompts = PromptSampler(instructions, recipe.phrasing_noise, recipe.objective.text_dropout,
+                            ["", NEGATIVE_PROMPT], seed=recipe.seed + 60)
     micro = torch.tensor([[recipe.image_size, recipe.image_size, 0, 0, 6]], dtype=torch.float32)
-    n = src_ids.shape[0]
-    perm = torch.randperm(n, generator=gen)
+    epoch = torch.tensor([i for i, k in enumerate(kinds) for _ in range(recipe.kind_repeats.get(k, 1))])
+    n = epoch.numel()
+    perm = epoch[torch.randperm(n, generator=gen)]
     cursor = 0
     window: list[dict] = []
-    for step in range(recipe.steps):
-        if cursor + recipe.batch_size > n:
-            perm, cursor = torch.randperm(n, generator=gen), 0
-        index = perm[cursor:cursor + recipe.batch_size]
-        cursor += recipe.batch_size
-        stats = train_step(model, optimizer, enc.batch(index, micro), recipe.objective,
-                           recipe.optim, step, gen, (enc.null_states, enc.null_pooled))
+    used_codes = torch.unique(torch.cat([src_ids.flatten(), tgt_ids.flatten()]))
+    total = recipe.copy_warmup_steps + recipe.steps
+    optim = dataclasses.replace(recipe.optim, total_steps=recipe.optim.total_steps or total)
+    for step in range(total):
+        text.train(recipe.train_text)
+        if step < recipe.copy_warmup_steps:
+            source, target = copy_batch(used_codes, recipe.batch_size, tuple(src_ids.shape[1:]), gen)
+            with torch.set_grad_enabled(recipe.train_text):
+                emb = text([""] * recipe.batch_size)
+        else:
+            if cursor + recipe.batch_size > n:
+                perm, cursor = epoch[torch.randperm(n, generator=gen)], 0
+            index = perm[cursor:cursor + recipe.batch_size]
+            cursor += recipe.batch_size
+            source, target = enc.source[index], enc.target[index]
+            with torch.set_grad_enabled(recipe.train_text):
+                emb = text(prompts(index))
+        batch = EditBatch(target, source, emb.states, emb.pooled,
+                          micro.expand(source.shape[0], -1))
+        stats = train_step(model, optimizer, batch, recipe.objective, optim, step, gen)
         window.append(stats)
-        if (step + 1) % recipe.log_every == 0 or step == recipe.steps - 1:
+        if (step + 1) % recipe.log_every == 0 or step == total - 1:
             mean = {k: round(float(np.mean([w[k] for w in window])), 6) for k in window[0]}
             mean.update(step=step + 1, seconds=round(time.time() - t0, 1))
             log["transformer"].append(mean)
             logger.info("step %d/%d loss %.4f acc %.3f copy %.3f edit %.3f lr %.2e (%.0fs)",
-                        step + 1, recipe.steps, mean["loss"], mean["acc"], mean["copy_acc"],
+                        step + 1, total, mean["loss"], mean["acc"], mean["copy_acc"],
                         mean["edit_acc"], mean["lr"], mean["seconds"])
             window = []
+    text.eval()
     model.eval()
     log["timings"]["transformer_s"] = round(time.time() - t0, 1)
     log["transformer_parameters"] = count_parameters([model])
 
     # 6. Checkpoint.
     save_transformer(model, cfg_dict, out / "editmgt")
+    if recipe.train_text:
+        save_text_towers(text, out)
     write_scheduler_and_pipeline(out, cfg_dict["vocab_size"] - 1, recipe.image_size)
     log["timings"]["total_s"] = round(time.time() - t_all, 1)
     log["threads"] = torch.get_num_threads()
@@ -470,7 +526,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     recipe = ShapesRecipe(seed=args.seed, targets=args.targets)
     if args.steps is not None:
         recipe.steps = args.steps
-        recipe.optim.total_steps = args.steps
     train_shapes(args.out, recipe, pretrained_vq=args.reuse_vq)
     return 0
 

@@ -1,9 +1,12 @@
 """Train a small diffusers `VQModel` (the aMUSEd/Meissonic VQ layout) on a domain.
 
-Images go in as RGB in [0, 1] (no normalisation, as the released VQ), the loss is the
-mean-squared reconstruction error plus the quantiser's codebook/commitment term, and
-codes left unused for a while are restarted on random encoder outputs so the codebook
-does not collapse.
+Images go in as RGB in [0, 1] (no normalisation, as the released VQ). Phases: (1) a plain
+auto-encoder warm-up; (2) a k-means codebook, clustered from encoder latents or from the
+mean latent of each distinct pixel patch (`codebook_from`); (3) vector-quantised training
+(pixel loss plus the quantiser's codebook/commitment term), restarting codes left unused
+so the codebook does not collapse; (4) optionally an id-locality phase: the encoder is
+pulled to give every patch the id it most often has (so equal pixels get equal ids
+whatever the rest of the image holds) and the decoder is re-fitted to the result.
 """
 
 from __future__ import annotations
