@@ -461,20 +461,20 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
     used_codes = torch.unique(torch.cat([src_ids.flatten(), tgt_ids.flatten()]))
     total = recipe.copy_warmup_steps + recipe.steps
     optim = dataclasses.replace(recipe.optim, total_steps=recipe.optim.total_steps or total)
+    text.train(recipe.train_text)
     for step in range(total):
-        text.train(recipe.train_text)
         if step < recipe.copy_warmup_steps:
             source, target = copy_batch(used_codes, recipe.batch_size, tuple(src_ids.shape[1:]), gen)
-            with torch.set_grad_enabled(recipe.train_text):
-                emb = text([""] * recipe.batch_size)
+            texts = [""] * recipe.batch_size
         else:
             if cursor + recipe.batch_size > n:
                 perm, cursor = epoch[torch.randperm(n, generator=gen)], 0
             index = perm[cursor:cursor + recipe.batch_size]
             cursor += recipe.batch_size
             source, target = enc.source[index], enc.target[index]
-            with torch.set_grad_enabled(recipe.train_text):
-                emb = text(prompts(index))
+            texts = prompts(index)
+        with torch.set_grad_enabled(recipe.train_text):
+            emb = text(texts)
         batch = EditBatch(target, source, emb.states, emb.pooled,
                           micro.expand(source.shape[0], -1))
         stats = train_step(model, optimizer, batch, recipe.objective, optim, step, gen)
