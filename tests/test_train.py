@@ -12,11 +12,13 @@ from editmgt.train.objective import (
     ObjectiveConfig,
     OptimConfig,
     apply_text_dropout,
+    draw_edit_mask,
     draw_mask,
     edit_loss,
     lr_at,
     make_optimizer,
     progress_to_timestep,
+    token_weights,
     train_step,
 )
 from editmgt.train.vq_train import VQConfig, VQTrainConfig, decode_ids, encode_ids, train_vq
@@ -76,6 +78,50 @@ def test_loss_is_masked_cross_entropy():
     out = edit_loss(model, tiny_batch(), ObjectiveConfig(), torch.Generator().manual_seed(0))
     assert out.loss.ndim == 0 and 0 < out.masked_fraction <= 1
     assert abs(float(out.loss.detach()) - math.log(16)) < 1.5          # untrained: near uniform
+
+
+def test_plain_weights_are_the_masked_token_mean():
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(3, 4, 4, generator=g) < 0.5
+    changed = torch.rand(3, 4, 4, generator=g) < 0.3
+    w = token_weights(mask, changed, 0.0)
+    assert torch.allclose(w, mask.float() / mask.sum())
+    # the loss of edit_loss with the defaults is F.cross_entropy over the masked tokens
+    logits, target = torch.randn(3, 7, 4, 4, generator=g), torch.randint(0, 7, (3, 4, 4), generator=g)
+    labels = torch.where(mask, target, torch.full_like(target, -100))
+    ce = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    assert torch.allclose((ce * w).sum(), torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100))
+
+
+def test_edit_share_splits_each_sample_between_copied_and_changed_tokens():
+    mask = torch.zeros(2, 2, 3, dtype=torch.bool)
+    changed = torch.zeros(2, 2, 3, dtype=torch.bool)
+    mask[0, 0, :3] = True                      # sample 0: 2 copied + 1 changed token masked
+    changed[0, 0, 2] = True
+    changed[0, 1, :] = True                    # changed but not masked: no weight
+    mask[1] = True                             # sample 1: 6 copied tokens, no edit
+    w = token_weights(mask, changed, 0.5)
+    assert torch.allclose(w[0, 0], torch.tensor([0.125, 0.125, 0.25]))
+    assert torch.all(w[0, 1] == 0)
+    assert torch.allclose(w[1], torch.full((2, 3), 0.5 / 6))
+    assert abs(float(w.sum()) - 1.0) < 1e-6
+    # a sample whose masked tokens all changed gives them its whole weight
+    w_all = token_weights(torch.ones(1, 2, 2, dtype=torch.bool), torch.ones(1, 2, 2, dtype=torch.bool), 0.5)
+    assert torch.allclose(w_all, torch.full((1, 2, 2), 0.25))
+
+
+def test_edit_masking_hides_every_changed_token_of_the_chosen_samples():
+    changed = torch.zeros(64, 4, 4, dtype=torch.bool)
+    changed[:, 1:3, 1:3] = True
+    plain, _ = draw_mask((64, 4, 4), "cosine", torch.Generator().manual_seed(3))
+    same, _ = draw_edit_mask(changed, ObjectiveConfig(), torch.Generator().manual_seed(3))
+    assert torch.equal(plain, same)                                     # off: Eq. 1's mask
+    always, _ = draw_edit_mask(changed, ObjectiveConfig(mask_edit_prob=1.0), torch.Generator().manual_seed(3))
+    assert torch.equal(always, plain | changed)
+    half, _ = draw_edit_mask(changed, ObjectiveConfig(mask_edit_prob=0.5), torch.Generator().manual_seed(3))
+    whole = half[:, 1:3, 1:3].flatten(1).all(1)
+    assert torch.all(half | ~plain)                                     # never unmasks
+    assert 16 <= int(whole.sum()) <= 56                                 # about half of 64, plus chance
 
 
 def test_a_few_steps_lower_the_loss():

@@ -7,6 +7,15 @@ as the timestep-0 reference stream, and take the cross-entropy on the masked pos
 only. With probability `text_dropout` a sample's text is replaced by a null prompt's
 encoding so the model also learns the unconditional branch of classifier-free guidance.
 
+Two options, both off by default (plain Eq. 1, as the paper trains the released model),
+aim the loss at the tokens an edit changes (`changed`: target id != source id):
+- `edit_share`: each sample's loss is (1 - s) * mean CE of its masked unchanged tokens
+  + s * mean CE of its masked changed tokens, so a small edit (one shape's tokens) is
+  not outweighed by the copied rest of the image or by edits that repaint everything;
+- `mask_edit_prob`: with this probability per sample every changed token is masked, so
+  the changed tokens must be read from the instruction and not from already visible
+  neighbours of the edit (at the sampler's first step nothing of the edit is visible).
+
 The code touches the model only through its forward signature and `config.mask_token_id`,
 so it runs the released 1024 px transformer as well as the tiny shapes one.
 """
@@ -35,6 +44,8 @@ class ObjectiveConfig:
     text_dropout: float = 0.1         # probability of the null prompt per sample (CFG)
     sampling_steps: int = 16          # maps progress u to the sampler's step value N-1..0
     label_smoothing: float = 0.0
+    edit_share: float = 0.0           # share of each sample's loss on its changed tokens (0 = Eq. 1)
+    mask_edit_prob: float = 0.0       # probability per sample that all changed tokens are masked
 
 
 @dataclass
@@ -128,25 +139,60 @@ def apply_text_dropout(batch: EditBatch, null_states: Tensor, null_pooled: Tenso
                      batch.micro_conds)
 
 
+def draw_edit_mask(changed: Tensor, config: ObjectiveConfig,
+                   generator: Optional[torch.Generator]) -> tuple[Tensor, Tensor]:
+    """`draw_mask` on the grid of `changed` (B, H, W) bool, then, with probability
+    `config.mask_edit_prob` per sample, every changed token masked as well.
+    Returns (mask (B, H, W) bool, progress (B,))."""
+    mask, progress = draw_mask(tuple(changed.shape), config.schedule, generator, changed.device)
+    if config.mask_edit_prob > 0:
+        whole = torch.rand(changed.shape[0], generator=generator, device=changed.device)
+        mask = mask | (changed & (whole < config.mask_edit_prob)[:, None, None])
+    return mask, progress
+
+
+def token_weights(mask: Tensor, changed: Tensor, edit_share: float) -> Tensor:
+    """Loss weight of every token, (B, H, W) float summing to 1.
+
+    mask, changed: (B, H, W) bool. edit_share == 0: Eq. 1's mean over all masked tokens
+    of the batch. Otherwise each sample weighs 1 / B, split (1 - edit_share) over its
+    masked unchanged tokens and edit_share over its masked changed ones; a sample with
+    masked tokens of one group only gives that group its whole weight.
+    """
+    mask_f = mask.float()
+    if edit_share <= 0:
+        return mask_f / mask_f.sum().clamp(min=1)
+    edit = mask_f * changed.float()
+    copy = mask_f - edit
+    n_edit = edit.sum((1, 2), keepdim=True)
+    n_copy = copy.sum((1, 2), keepdim=True)
+    share = torch.where(n_copy == 0, torch.ones_like(n_edit),
+                        torch.where(n_edit == 0, torch.zeros_like(n_edit),
+                                    torch.full_like(n_edit, edit_share)))
+    weights = copy * (1 - share) / n_copy.clamp(min=1) + edit * share / n_edit.clamp(min=1)
+    return weights / mask.shape[0]
+
+
 def edit_loss(model: nn.Module, batch: EditBatch, config: ObjectiveConfig,
               generator: Optional[torch.Generator] = None) -> LossOutput:
-    """Eq. 1: cross-entropy of the masked target tokens given source tokens and text."""
+    """Eq. 1: cross-entropy of the masked target tokens given source tokens and text
+    (with the optional edit weighting and edit masking of `ObjectiveConfig`)."""
     mask_id = int(model.config.mask_token_id)
     target = batch.target_tokens                                              # (B, H, W)
-    mask, progress = draw_mask(tuple(target.shape), config.schedule, generator, target.device)
+    changed = target != batch.source_tokens
+    mask, progress = draw_edit_mask(changed, config, generator)
     inputs = torch.where(mask, torch.full_like(target, mask_id), target)
     timestep = progress_to_timestep(progress, config.sampling_steps).to(target.device)
     out = model(tokens=inputs, text_states=batch.text_states, pooled_text=batch.pooled_text,
                 micro_conds=batch.micro_conds, timestep=timestep,
                 reference_tokens=batch.source_tokens)
     logits = out.logits.float()                                               # (B, V, H, W)
-    labels = torch.where(mask, target, torch.full_like(target, -100))
-    loss = F.cross_entropy(logits, labels, ignore_index=-100,
-                           label_smoothing=config.label_smoothing)
+    ce = F.cross_entropy(logits, target, reduction="none", label_smoothing=config.label_smoothing)
+    loss = (ce * token_weights(mask, changed, config.edit_share)).sum()
     with torch.no_grad():
         pred = logits.argmax(1)
         hit = (pred == target) & mask
-        same = target == batch.source_tokens
+        same = ~changed
         n_m = mask.sum().clamp(min=1)
         n_copy = (mask & same).sum().clamp(min=1)
         n_edit = (mask & ~same).sum().clamp(min=1)
