@@ -91,7 +91,8 @@ class ShapesRecipe:
     # optimisation
     steps: int = 3000                     # edit steps, after the copy warm-up
     batch_size: int = 32
-    objective: ObjectiveConfig = field(default_factory=lambda: ObjectiveConfig(text_dropout=0.1))
+    objective: ObjectiveConfig = field(default_factory=lambda: ObjectiveConfig(
+        text_dropout=0.1, edit_share=0.5, mask_edit_prob=0.5))
     # total_steps 0: the cosine decay spans the whole run (copy warm-up + edit steps)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         lr=1e-3, warmup_steps=100, total_steps=0, min_lr_ratio=0.1))
