@@ -142,8 +142,9 @@ def apply_text_dropout(batch: EditBatch, null_states: Tensor, null_pooled: Tenso
 def draw_edit_mask(changed: Tensor, config: ObjectiveConfig,
                    generator: Optional[torch.Generator]) -> tuple[Tensor, Tensor]:
     """`draw_mask` on the grid of `changed` (B, H, W) bool, then, with probability
-    `config.mask_edit_prob` per sample, every changed token masked as well.
-    Returns (mask (B, H, W) bool, progress (B,))."""
+    `config.mask_edit_prob` per sample, every changed token masked as well (the progress,
+    and so the model timestep, stays the drawn one: a small edit barely moves the masked
+    fraction). Returns (mask (B, H, W) bool, progress (B,))."""
     mask, progress = draw_mask(tuple(changed.shape), config.schedule, generator, changed.device)
     if config.mask_edit_prob > 0:
         whole = torch.rand(changed.shape[0], generator=generator, device=changed.device)
