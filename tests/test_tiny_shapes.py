@@ -56,6 +56,12 @@ def edit(pipe, triple: data.EditTriple, **kwargs):
     return result, np.asarray(result.image.convert("RGB"))
 
 
+def vq_round_trip(pipe, result) -> np.ndarray:
+    """(H, W, 3) uint8: the VQ decoding of the edit's source tokens (the copy floor)."""
+    recon = pipe.vq.decode(result.source_tokens[None])[0]
+    return (recon.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
 def test_layout_and_size():
     for folder in FOLDERS:
         assert (CHECKPOINT / folder).is_dir(), folder
@@ -89,8 +95,7 @@ def test_unheld_edit_copies_the_background(pipe):
     triple = fixed_removal("stripes", others=())
     result, out = edit(pipe, triple)
     assert check_edit(out, triple)
-    recon = pipe.vq.decode(result.source_tokens[None])[0]
-    recon = (recon.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    recon = vq_round_trip(pipe, result)
     assert outside_l1(out, triple.source, triple.mask) <= outside_l1(recon, triple.source, triple.mask) + 0.01
 
 
@@ -103,16 +108,14 @@ def test_shapes_the_edit_does_not_name_are_kept(pipe):
     triple = fixed_removal()
     result, out = edit(pipe, triple)
     assert has_shape(out, data.Shape("square", "blue", 0))
-    recon = pipe.vq.decode(result.source_tokens[None])[0]
-    recon = (recon.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    recon = vq_round_trip(pipe, result)
     assert outside_l1(out, triple.source, triple.mask) <= outside_l1(recon, triple.source, triple.mask) + 0.01
 
 
 def test_region_hold_keeps_the_outside(pipe):
     triple = fixed_colour_edit()
     result, out = edit(pipe, triple, hold_lambda=HOLD_LAMBDA)
-    recon = pipe.vq.decode(result.source_tokens[None])[0]
-    recon = (recon.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    recon = vq_round_trip(pipe, result)
     floor = outside_l1(recon, triple.source, triple.mask)
     # Outside the target region the held edit is as close to the source as the VQ round trip
     # (a small margin for decoder pixels next to edited tokens).

@@ -193,13 +193,12 @@ def edit_loss(model: nn.Module, batch: EditBatch, config: ObjectiveConfig,
     with torch.no_grad():
         pred = logits.argmax(1)
         hit = (pred == target) & mask
-        same = ~changed
         n_m = mask.sum().clamp(min=1)
-        n_copy = (mask & same).sum().clamp(min=1)
-        n_edit = (mask & ~same).sum().clamp(min=1)
+        n_copy = (mask & ~changed).sum().clamp(min=1)
+        n_edit = (mask & changed).sum().clamp(min=1)
         acc = float(hit.sum() / n_m)
-        copy_acc = float((hit & same).sum() / n_copy)
-        edit_acc = float((hit & ~same).sum() / n_edit)
+        copy_acc = float((hit & ~changed).sum() / n_copy)
+        edit_acc = float((hit & changed).sum() / n_edit)
     return LossOutput(loss, acc, float(mask.float().mean()), copy_acc, edit_acc)
 
 
