@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from editmgt.data import shapes as data
-from editmgt.eval.shapes import check_edit, iou, outside_l1
+from editmgt.eval.shapes import check_edit, iou, others_kept, outside_l1, untouched_shapes
 
 
 def test_same_arguments_same_triple():
@@ -90,3 +90,26 @@ def test_phrasing_noise_keeps_the_meaning_words():
     assert 0.3 < changed / 300 < 0.9
     a = data.perturb_phrasing("move the red circle to the top", np.random.default_rng(5))
     assert a == data.perturb_phrasing("move the red circle to the top", np.random.default_rng(5))
+
+
+def test_others_kept_looks_at_the_shapes_the_edit_leaves_alone():
+    red, blue = data.Shape("circle", "red", 4), data.Shape("square", "blue", 0)
+    scene = data.Scene("white", (red, blue))
+    removal = data.EditTriple(data.render(scene), "remove the red circle",
+                              data.render(data.Scene("white", (blue,))), data.shape_mask("circle", 4),
+                              "remove", scene, data.Scene("white", (blue,)), {"old": red})
+    assert untouched_shapes(removal) == [blue]
+    assert others_kept(removal.target, removal) is True
+    assert others_kept(data.render(data.Scene("white", ())), removal) is False   # both removed
+    assert others_kept(removal.source, removal) is True                          # nothing done
+    for i in range(21):
+        t = data.make_triple(0, i)
+        others = untouched_shapes(t)
+        if t.kind == "style":
+            assert others == []
+        elif t.kind in ("add", "background"):
+            assert others == list(t.source_scene.shapes)
+        else:
+            assert len(others) == len(t.source_scene.shapes) - 1
+        if others:
+            assert others_kept(t.target, t) is True

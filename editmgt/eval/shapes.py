@@ -13,7 +13,10 @@ prints one table:
 - localisation: IoU between the true target mask and the tokens whose consolidated
   attention score is >= lambda (the tokens region-hold lets change), for block ranges
   "paper" (the 28-36 analogue), "all", "double" and "single";
-- the Figure 4 analogue: L1 to the source and success against lambda, saved as a plot.
+- the Figure 4 analogue: L1 to the source and success against lambda, saved as a plot;
+- others kept: the share of edits whose untouched shapes all survive (`has_shape`), among
+  the edits whose scene has shapes the instruction does not name (style edits left out);
+  success looks at the named shape only, so an edit applied to every shape passes it.
 
 Every lambda of one scene is sampled from the same seed (`EditMGTPipeline.sweep`).
 """
@@ -131,6 +134,21 @@ def check_edit(output: np.ndarray, triple: data.EditTriple) -> bool:
         l1 = float(np.abs(x - triple.target.astype(np.float64) / 255.0).mean())
         return spread <= STYLE_SATURATION and l1 <= STYLE_L1
     raise ValueError(f"unknown edit kind {kind!r}")
+
+
+def untouched_shapes(triple: data.EditTriple) -> list[data.Shape]:
+    """Shapes of the source the edit must leave as they are: all of them for add and
+    background edits, all but the named one for the others, none for the style edit."""
+    if triple.kind == "style":
+        return []
+    touched = {triple.info.get("old"), triple.info.get("new")}
+    return [s for s in triple.source_scene.shapes if s not in touched]
+
+
+def others_kept(output: np.ndarray, triple: data.EditTriple) -> Optional[bool]:
+    """Do all untouched shapes survive in `output`? None when the scene has none."""
+    others = untouched_shapes(triple)
+    return all(has_shape(output, s) for s in others) if others else None
 
 
 def outside_l1(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
@@ -256,6 +274,7 @@ def evaluate(model_dir: str | Path, n: int = 300, seed: int = 0,
         result.records.append({
             "index": i, "kind": tr.kind, "instruction": tr.instruction,
             "success": [bool(check_edit(img, tr)) for img in images],
+            "kept": [others_kept(img, tr) for img in images],
             "leakage": [outside_l1(img, tr.source, tr.mask) for img in images],
             "l1": [float(np.abs(img.astype(np.float64) - tr.source).mean() / 255.0) for img in images],
             "floor": outside_l1(recon, tr.source, tr.mask),
@@ -291,6 +310,11 @@ def summarise(records: list[dict], lambdas: Sequence[float]) -> dict:
     s["l1"] = [_mean([r["l1"][j] for r in records]) for j in range(len(lambdas))]
     s["changed"] = [_mean([r["changed"][j] for r in records]) for j in range(len(lambdas))]
     s["leakage_floor"] = _mean([r["floor"] for r in records])
+    with_others = [r for r in records if r["kept"][0] is not None]
+    s["n_kept"] = len(with_others)
+    s["kept"] = [_mean([r["kept"][j] for r in with_others]) for j in range(len(lambdas))]
+    s["kept_by_kind"] = {k: _mean([r["kept"][0] for r in with_others if r["kind"] == k])
+                         for k in kinds if any(r["kind"] == k for r in with_others)}
     names = list(records[0]["iou"]) if records else []
     s["iou"] = {name: [_mean([r["iou"][name][t] for r in records]) for t in range(len(IOU_THRESHOLDS))]
                 for name in names}
@@ -312,12 +336,16 @@ def format_table(summary: dict) -> str:
     for k, v in summary["success_by_kind"].items():
         lines.append(f"| {k} | {summary['count_by_kind'][k]} | {100 * v:.1f} % |")
     lines.append(f"| **overall** | {summary['n']} | **{100 * summary['success'][0]:.1f} %** |")
-    lines += ["", f"| lambda | success | leakage (L1 outside region) | L1 to source | tokens changed |",
-              "|---|---|---|---|---|"]
+    lines += ["", f"| lambda | success | others kept | leakage (L1 outside region) | L1 to source "
+              "| tokens changed |", "|---|---|---|---|---|---|"]
     for j, lam in enumerate(summary["lambdas"]):
-        lines.append(f"| {lam:.2f} | {100 * summary['success'][j]:.1f} % | {summary['leakage'][j]:.4f} "
-                     f"| {summary['l1'][j]:.4f} | {100 * summary['changed'][j]:.1f} % |")
-    lines.append(f"| VQ floor | | {summary['leakage_floor']:.4f} | | |")
+        lines.append(f"| {lam:.2f} | {100 * summary['success'][j]:.1f} % | {100 * summary['kept'][j]:.1f} % "
+                     f"| {summary['leakage'][j]:.4f} | {summary['l1'][j]:.4f} | {100 * summary['changed'][j]:.1f} % |")
+    lines.append(f"| VQ floor | | | {summary['leakage_floor']:.4f} | | |")
+    kept_kinds = summary["kept_by_kind"]
+    lines += ["", f"others kept: {summary['n_kept']} edits whose scene has shapes the instruction does not "
+              "touch; at lambda 0 by kind: "
+              + ", ".join(f"{k} {100 * v:.1f} %" for k, v in kept_kinds.items())]
     halving = summary["halving_lambdas"]
     lines.append("")
     lines.append("lambdas that halve leakage losing <= 5 points of success: "
