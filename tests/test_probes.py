@@ -1,0 +1,79 @@
+"""The internal probes of editmgt.eval.probes measure what they say, on the tiny model."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from editmgt.data import shapes as data
+from editmgt.eval.probes import first_step_accuracy, text_stream_similarity
+from editmgt.models.transformer import TransformerOutput
+from editmgt.pipeline import EditMGTPipeline
+
+SCENE = data.Scene("white", (data.Shape("circle", "red", 4), data.Shape("square", "blue", 0)))
+
+
+@pytest.fixture()
+def pipe(tiny_checkpoint) -> EditMGTPipeline:
+    return EditMGTPipeline.from_pretrained(tiny_checkpoint)
+
+
+def _silence_blocks(model) -> None:
+    """Zero every adaLN modulation: all gates 0, so each block leaves the text stream as it is."""
+    with torch.no_grad():
+        for block in list(model.transformer_blocks) + list(model.single_transformer_blocks):
+            for name in ("norm1", "norm1_context", "norm"):
+                if hasattr(block, name):
+                    getattr(block, name).linear.weight.zero_()
+                    getattr(block, name).linear.bias.zero_()
+
+
+def test_text_stream_similarity_follows_the_word_rows(pipe):
+    model = pipe.transformer
+    _silence_blocks(model)
+    rows = text_stream_similarity(pipe, "remove the red circle", data.render(SCENE))
+    assert [r["after"] for r in rows] == ["input"] + [f"block {k}" for k in range(model.config.num_blocks)]
+    start = rows[0]["word_cosine"]
+    assert start < 0.95                                   # distinct words, distinct rows
+    assert all(abs(r["word_cosine"] - start) < 1e-4 for r in rows)   # identity blocks keep them
+
+    # A text feed-forward that adds one large vector to every row collapses the stream.
+    block = model.transformer_blocks[0]
+    dim = model.config.inner_dim
+    with torch.no_grad():
+        block.norm1_context.linear.bias[5 * dim:] = 1.0   # gate of the feed-forward = 1
+        block.ff_context.net[2].bias.copy_(torch.randn(dim, generator=torch.Generator().manual_seed(0)) * 1e4)
+    rows = text_stream_similarity(pipe, "remove the red circle", data.render(SCENE))
+    assert abs(rows[0]["word_cosine"] - start) < 1e-4
+    assert all(r["word_cosine"] > 0.999 for r in rows[1:])
+    assert rows[1]["norm"] > 100 * rows[0]["norm"]
+
+
+class _Copier(torch.nn.Module):
+    """Predicts the source token everywhere (a model that never edits)."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.config, self.dtype = model.config, model.dtype
+        self.anchor = torch.nn.Parameter(torch.zeros(()))   # gives the pipeline a device to read
+
+    def forward(self, tokens, text_states, pooled_text, micro_conds, timestep, reference_tokens=None, **_):
+        one_hot = F.one_hot(reference_tokens, self.config.codebook_size).permute(0, 3, 1, 2)
+        return TransformerOutput(logits=one_hot.float())
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-shapes"
+
+
+def test_first_step_accuracy_of_a_model_that_only_copies():
+    pipe = EditMGTPipeline.from_pretrained(SHIPPED)        # its VQ tells the domain's colours apart
+    triples = [data.make_triple(0, i, "eval") for i in range(14)]
+    pipe.transformer = _Copier(pipe.transformer)
+    acc = first_step_accuracy(pipe, triples, batch_size=5)
+    assert acc["changed"] == 0.0                    # it never makes the edit
+    assert acc["untouched"] == 1.0                  # and always keeps the other shapes
+    assert set(acc["by_kind"]) == set(data.EDIT_KINDS)
+    assert acc["by_kind"]["style"]["untouched"] is None      # the style edit touches every shape
+    assert np.isclose(acc["by_kind"]["remove"]["changed"], 0.0)
