@@ -91,7 +91,7 @@ def first_step_accuracy(pipe, triples: Sequence[data.EditTriple], steps: int = 1
         src_px = torch.from_numpy(np.stack([t.source for t in chunk])).permute(0, 3, 1, 2).float().div(255)
         tgt_px = torch.from_numpy(np.stack([t.target for t in chunk])).permute(0, 3, 1, 2).float().div(255)
         src, tgt = vq.encode(src_px.to(pipe.device)).cpu(), vq.encode(tgt_px.to(pipe.device)).cpu()
-        same = torch.stack([_token_mask((t.source == t.target).all(-1), factor) for t in chunk])
+        same = ~torch.stack([_token_mask((t.source != t.target).any(-1), factor) for t in chunk])
         tgt = torch.where(same, src, tgt)
         emb = pipe.text.encode([t.instruction for t in chunk])
         out = model(torch.full_like(src, model.config.mask_token_id).to(pipe.device),
