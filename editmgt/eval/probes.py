@@ -30,10 +30,6 @@ from editmgt.eval.shapes import untouched_shapes
 logger = logging.getLogger(__name__)
 
 
-def _micro(size: int, batch: int, device) -> torch.Tensor:
-    return torch.tensor([[size, size, 0, 0, 6]], dtype=torch.float32, device=device).expand(batch, -1)
-
-
 @torch.inference_mode()
 def text_stream_similarity(pipe, instruction: str, source: np.ndarray) -> list[dict]:
     """Word-row cosine and norm of the text stream at the input and after every block, for
@@ -61,7 +57,7 @@ def text_stream_similarity(pipe, instruction: str, source: np.ndarray) -> list[d
               for k, b in enumerate(blocks)]
     try:
         model(torch.full_like(src, model.config.mask_token_id), emb.states.to(model.dtype),
-              emb.pooled.to(model.dtype), _micro(source.shape[0], 1, pipe.device),
+              emb.pooled.to(model.dtype), pipe._micro_conds((source.shape[1], source.shape[0]), 1),
               torch.full((1,), 15, device=pipe.device), reference_tokens=src)
     finally:
         for h in hooks:
@@ -96,7 +92,7 @@ def first_step_accuracy(pipe, triples: Sequence[data.EditTriple], steps: int = 1
         emb = pipe.text.encode([t.instruction for t in chunk])
         out = model(torch.full_like(src, model.config.mask_token_id).to(pipe.device),
                     emb.states.to(model.dtype), emb.pooled.to(model.dtype),
-                    _micro(size, len(chunk), pipe.device), torch.full((len(chunk),), steps - 1, device=pipe.device),
+                    pipe._micro_conds((size, size), len(chunk)), torch.full((len(chunk),), steps - 1, device=pipe.device),
                     reference_tokens=src.to(pipe.device))
         hit = out.logits.argmax(1).cpu() == tgt
         for j, t in enumerate(chunk):
