@@ -25,13 +25,13 @@ import torch
 import torch.nn.functional as F
 
 from editmgt.data import shapes as data
-from editmgt.eval.shapes import untouched_shapes
-
-logger = logging.getLogger(__name__)
+from editmgt.eval.shapes import EvalSettings, untouched_shapes
+from editmgt.train.shapes import agreement_mask
 
 
 @torch.inference_mode()
-def text_stream_similarity(pipe, instruction: str, source: np.ndarray) -> list[dict]:
+def text_stream_similarity(pipe, instruction: str, source: np.ndarray,
+                           steps: int = EvalSettings.steps) -> list[dict]:
     """Word-row cosine and norm of the text stream at the input and after every block, for
     one instruction on an all-masked canvas with `source` (H, W, 3 uint8) as reference."""
     model, text = pipe.transformer, pipe.text
@@ -58,7 +58,7 @@ def text_stream_similarity(pipe, instruction: str, source: np.ndarray) -> list[d
     try:
         model(torch.full_like(src, model.config.mask_token_id), emb.states.to(model.dtype),
               emb.pooled.to(model.dtype), pipe._micro_conds((source.shape[1], source.shape[0]), 1),
-              torch.full((1,), 15, device=pipe.device), reference_tokens=src)
+              torch.full((1,), steps - 1, device=pipe.device), reference_tokens=src)
     finally:
         for h in hooks:
             h.remove()
@@ -72,7 +72,7 @@ def _token_mask(mask: np.ndarray, factor: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def first_step_accuracy(pipe, triples: Sequence[data.EditTriple], steps: int = 16,
+def first_step_accuracy(pipe, triples: Sequence[data.EditTriple], steps: int = EvalSettings.steps,
                         batch_size: int = 35) -> dict:
     """Argmax accuracy on an all-masked canvas (timestep steps - 1, conditional branch only)
     on the tokens each edit changes and on those of the shapes it leaves alone; targets are
@@ -84,11 +84,11 @@ def first_step_accuracy(pipe, triples: Sequence[data.EditTriple], steps: int = 1
     totals = {"changed": [0, 0], "untouched": [0, 0]}
     for start in range(0, len(triples), batch_size):
         chunk = triples[start:start + batch_size]
-        src_px = torch.from_numpy(np.stack([t.source for t in chunk])).permute(0, 3, 1, 2).float().div(255)
-        tgt_px = torch.from_numpy(np.stack([t.target for t in chunk])).permute(0, 3, 1, 2).float().div(255)
+        sources, targets = np.stack([t.source for t in chunk]), np.stack([t.target for t in chunk])
+        src_px = torch.from_numpy(sources).permute(0, 3, 1, 2).float().div(255)
+        tgt_px = torch.from_numpy(targets).permute(0, 3, 1, 2).float().div(255)
         src, tgt = vq.encode(src_px.to(pipe.device)).cpu(), vq.encode(tgt_px.to(pipe.device)).cpu()
-        same = ~torch.stack([_token_mask((t.source != t.target).any(-1), factor) for t in chunk])
-        tgt = torch.where(same, src, tgt)
+        tgt = torch.where(agreement_mask(sources, targets, factor), src, tgt)   # as the training targets
         emb = pipe.text.encode([t.instruction for t in chunk])
         out = model(torch.full_like(src, model.config.mask_token_id).to(pipe.device),
                     emb.states.to(model.dtype), emb.pooled.to(model.dtype),
