@@ -110,6 +110,47 @@ def test_edit_share_splits_each_sample_between_copied_and_changed_tokens():
     assert torch.allclose(w_all, torch.full((1, 2, 2), 0.25))
 
 
+def test_keep_share_weighs_the_objects_an_edit_leaves_alone():
+    mask = torch.ones(2, 2, 4, dtype=torch.bool)
+    changed = torch.zeros(2, 2, 4, dtype=torch.bool)
+    objects = torch.zeros(2, 2, 4, dtype=torch.bool)
+    changed[:, 0, 0] = True                    # both samples: 1 changed token ...
+    objects[:, 0, :2] = True                   # ... inside an object, and 1 unchanged object token
+    objects[0, 1, :] = True                    # sample 0 has 4 more object tokens, kept
+    w = token_weights(mask, changed, 0.4, objects, keep_share=0.3)
+    assert abs(float(w[0, 0, 0]) - 0.4 / 2) < 1e-6                       # edit share
+    assert torch.allclose(w[0][objects[0] & ~changed[0]], torch.full((5,), 0.3 / 2 / 5))
+    assert torch.allclose(w[0, 0, 2:], torch.full((2,), 0.3 / 2 / 2))    # the rest: background
+    assert abs(float(w[1, 0, 1]) - 0.3 / 2) < 1e-6                      # one kept token, whole share
+    assert abs(float(w.sum()) - 1.0) < 1e-6
+    # without object tokens, or with keep_share 0, it is the two-group edit weighting
+    assert torch.allclose(token_weights(mask, changed, 0.4, None, 0.3), token_weights(mask, changed, 0.4))
+    assert torch.allclose(token_weights(mask, changed, 0.4, objects, 0.0), token_weights(mask, changed, 0.4))
+    # a sample without masked object tokens gives their share to the groups it has
+    w_bg = token_weights(mask[:1], torch.zeros_like(changed[:1]), 0.4, torch.zeros_like(objects[:1]), 0.3)
+    assert torch.allclose(w_bg, torch.full((1, 2, 4), 1 / 8))
+
+
+def test_object_masking_hides_every_object_with_the_edit():
+    changed = torch.zeros(64, 4, 4, dtype=torch.bool)
+    objects = torch.zeros(64, 4, 4, dtype=torch.bool)
+    changed[:, 0, 0] = True
+    objects[:, 0, :2] = True                   # the edited shape
+    objects[:, 3, 3] = True                    # a shape the edit leaves alone
+    plain, _ = draw_mask((64, 4, 4), "cosine", torch.Generator().manual_seed(5))
+    only_edit, _ = draw_edit_mask(changed, ObjectiveConfig(mask_edit_prob=1.0),
+                                  torch.Generator().manual_seed(5), objects)
+    assert torch.equal(only_edit, plain | changed)                      # mask_objects off
+    both, _ = draw_edit_mask(changed, ObjectiveConfig(mask_edit_prob=1.0, mask_objects=True),
+                             torch.Generator().manual_seed(5), objects)
+    assert torch.equal(both, plain | changed | objects)
+    # the untouched shape is hidden exactly when the edit is: a hidden shape is not a cue
+    half, _ = draw_edit_mask(changed, ObjectiveConfig(mask_edit_prob=0.5, mask_objects=True),
+                             torch.Generator().manual_seed(5), objects)
+    chosen = half[:, 0, 0] & ~plain[:, 0, 0]
+    assert bool(half[chosen][:, 3, 3].all()) and int(chosen.sum()) > 0
+
+
 def test_edit_masking_hides_every_changed_token_of_the_chosen_samples():
     changed = torch.zeros(64, 4, 4, dtype=torch.bool)
     changed[:, 1:3, 1:3] = True
@@ -176,6 +217,20 @@ def test_agreement_mask_marks_unchanged_patches():
     assert mask.shape == (2, 2, 2)
     assert mask[0].tolist() == [[True, True], [False, True]]
     assert bool(mask[1].all())
+
+
+def test_object_tokens_cover_the_shapes_and_nothing_else():
+    from editmgt.data import shapes as data
+    from editmgt.train.shapes import tokens_touching
+
+    pixels = data.shape_mask("square", 4)[None]                # cell 4: the centre
+    tokens = tokens_touching(pixels, factor=4)[0]              # (16, 16)
+    x0, y0, x1, y1 = data.cell_box(4)
+    inset = (x1 - x0) // 8                                     # the square's inset in its box
+    first, last = (x0 + inset) // 4, (x1 - 1 - inset) // 4
+    expected = torch.zeros(16, 16, dtype=torch.bool)
+    expected[first:last + 1, first:last + 1] = True
+    assert torch.equal(tokens, expected)
 
 
 def test_modal_codes_give_each_patch_its_most_frequent_id():

@@ -7,14 +7,19 @@ as the timestep-0 reference stream, and take the cross-entropy on the masked pos
 only. With probability `text_dropout` a sample's text is replaced by a null prompt's
 encoding so the model also learns the unconditional branch of classifier-free guidance.
 
-Two options, both off by default (plain Eq. 1, as the paper trains the released model),
-aim the loss at the tokens an edit changes (`changed`: target id != source id):
-- `edit_share`: each sample's loss is (1 - s) * mean CE of its masked unchanged tokens
-  + s * mean CE of its masked changed tokens, so a small edit (one shape's tokens) is
-  not outweighed by the copied rest of the image or by edits that repaint everything;
-- `mask_edit_prob`: with this probability per sample every changed token is masked, so
-  the changed tokens must be read from the instruction and not from already visible
-  neighbours of the edit (at the sampler's first step nothing of the edit is visible).
+Options, all off by default (plain Eq. 1, as the paper trains the released model), aim
+the loss at the tokens an edit changes (`changed`: target id != source id) and, when the
+batch says which tokens belong to objects (`EditBatch.object_tokens`), at the objects the
+edit must leave alone:
+- `edit_share` / `keep_share`: each sample's loss is edit_share * mean CE of its masked
+  changed tokens + keep_share * mean CE of its masked unchanged object tokens + the rest
+  * mean CE of its other masked tokens (shares renormalised over the groups a sample
+  has), so one shape's tokens are not outweighed by the copied rest of the image, and
+  getting a shape the edit does not name wrong costs as much as missing the edit;
+- `mask_edit_prob`: with this probability per sample every changed token is masked, and
+  with `mask_objects` every object token too, so an edit must be read from the
+  instruction and not from visible neighbours (at the sampler's first step nothing is
+  visible), and a fully masked object is not a sign that it is the one to edit.
 
 The code touches the model only through its forward signature and `config.mask_token_id`,
 so it runs the released 1024 px transformer as well as the tiny shapes one.
@@ -22,6 +27,7 @@ so it runs the released 1024 px transformer as well as the tiny shapes one.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -45,7 +51,9 @@ class ObjectiveConfig:
     sampling_steps: int = 16          # maps progress u to the sampler's step value N-1..0
     label_smoothing: float = 0.0
     edit_share: float = 0.0           # share of each sample's loss on its changed tokens (0 = Eq. 1)
+    keep_share: float = 0.0           # share on unchanged tokens of objects (needs object_tokens)
     mask_edit_prob: float = 0.0       # probability per sample that all changed tokens are masked
+    mask_objects: bool = False        # ... and all object tokens with them (needs object_tokens)
 
 
 @dataclass
@@ -69,6 +77,8 @@ class EditBatch:
     target_tokens, source_tokens: (B, H, W) int64 VQ ids.
     text_states: (B, T, joint_attention_dim); pooled_text: (B, pooled_projection_dim).
     micro_conds: (B, 5) width, height, crop top, crop left, aesthetic score.
+    object_tokens: optional (B, H, W) bool, True on tokens that show an object in the
+    source or the target (known for synthetic data; None for real photographs).
     """
 
     target_tokens: Tensor
@@ -76,11 +86,11 @@ class EditBatch:
     text_states: Tensor
     pooled_text: Tensor
     micro_conds: Tensor
+    object_tokens: Optional[Tensor] = None
 
     def to(self, device: torch.device | str) -> "EditBatch":
-        return EditBatch(*(t.to(device) for t in (self.target_tokens, self.source_tokens,
-                                                   self.text_states, self.pooled_text,
-                                                   self.micro_conds)))
+        moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return EditBatch(**{k: v.to(device) if v is not None else None for k, v in moved.items()})
 
 
 @dataclass
@@ -92,6 +102,7 @@ class LossOutput:
     masked_fraction: float            # mean fraction of tokens masked
     copy_accuracy: float              # accuracy on masked tokens equal to the source token
     edit_accuracy: float              # accuracy on masked tokens that differ from the source
+    keep_accuracy: float              # accuracy on masked unchanged object tokens (nan: none)
 
 
 def draw_mask(shape: tuple[int, ...], schedule: str, generator: Optional[torch.Generator],
@@ -135,42 +146,48 @@ def apply_text_dropout(batch: EditBatch, null_states: Tensor, null_pooled: Tenso
                          batch.text_states)
     pooled = torch.where(drop[:, None], null_pooled[which].to(batch.pooled_text),
                          batch.pooled_text)
-    return EditBatch(batch.target_tokens, batch.source_tokens, states, pooled,
-                     batch.micro_conds)
+    return dataclasses.replace(batch, text_states=states, pooled_text=pooled)
 
 
-def draw_edit_mask(changed: Tensor, config: ObjectiveConfig,
-                   generator: Optional[torch.Generator]) -> tuple[Tensor, Tensor]:
+def draw_edit_mask(changed: Tensor, config: ObjectiveConfig, generator: Optional[torch.Generator],
+                   objects: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """`draw_mask` on the grid of `changed` (B, H, W) bool, then, with probability
-    `config.mask_edit_prob` per sample, every changed token masked as well (the progress,
-    and so the model timestep, stays the drawn one: a small edit barely moves the masked
+    `config.mask_edit_prob` per sample, every changed token masked as well, and every
+    object token (`objects`, (B, H, W) bool) when `config.mask_objects` (the progress, and
+    so the model timestep, stays the drawn one: a small edit barely moves the masked
     fraction). Returns (mask (B, H, W) bool, progress (B,))."""
     mask, progress = draw_mask(tuple(changed.shape), config.schedule, generator, changed.device)
     if config.mask_edit_prob > 0:
+        hidden = changed | objects if config.mask_objects and objects is not None else changed
         whole = torch.rand(changed.shape[0], generator=generator, device=changed.device)
-        mask = mask | (changed & (whole < config.mask_edit_prob)[:, None, None])
+        mask = mask | (hidden & (whole < config.mask_edit_prob)[:, None, None])
     return mask, progress
 
 
-def token_weights(mask: Tensor, changed: Tensor, edit_share: float) -> Tensor:
+def token_weights(mask: Tensor, changed: Tensor, edit_share: float,
+                  objects: Optional[Tensor] = None, keep_share: float = 0.0) -> Tensor:
     """Loss weight of every token, (B, H, W) float summing to 1.
 
-    mask, changed: (B, H, W) bool. edit_share == 0: Eq. 1's mean over all masked tokens
-    of the batch. Otherwise each sample weighs 1 / B, split (1 - edit_share) over its
-    masked unchanged tokens and edit_share over its masked changed ones; a sample with
-    masked tokens of one group only gives that group its whole weight.
+    mask, changed, objects: (B, H, W) bool. With both shares 0: Eq. 1's mean over all
+    masked tokens of the batch. Otherwise each sample weighs 1 / B, split edit_share over
+    its masked changed tokens, keep_share over its masked unchanged object tokens (only
+    when `objects` is given) and the rest over its other masked tokens; the shares of the
+    groups a sample has no masked token in go to the others in proportion.
     """
     mask_f = mask.float()
-    if edit_share <= 0:
+    if objects is None:
+        keep_share = 0.0                       # no object tokens: the two-group weighting
+    if edit_share <= 0 and keep_share <= 0:
         return mask_f / mask_f.sum().clamp(min=1)
     edit = mask_f * changed.float()
-    copy = mask_f - edit
-    n_edit = edit.sum((1, 2), keepdim=True)
-    n_copy = copy.sum((1, 2), keepdim=True)
-    share = torch.where(n_copy == 0, torch.ones_like(n_edit),
-                        torch.where(n_edit == 0, torch.zeros_like(n_edit),
-                                    torch.full_like(n_edit, edit_share)))
-    weights = copy * (1 - share) / n_copy.clamp(min=1) + edit * share / n_edit.clamp(min=1)
+    keep = (mask_f - edit) * objects.float() if keep_share > 0 else torch.zeros_like(mask_f)
+    copy = mask_f - edit - keep
+    groups = torch.stack([copy, keep, edit], 1)                                 # (B, 3, H, W)
+    counts = groups.sum((2, 3))                                                 # (B, 3)
+    shares = torch.tensor([1 - edit_share - keep_share, keep_share, edit_share],
+                          device=mask.device).clamp(min=0) * (counts > 0)
+    shares = shares / shares.sum(1, keepdim=True).clamp(min=1e-12)
+    weights = (groups * (shares / counts.clamp(min=1))[:, :, None, None]).sum(1)
     return weights / mask.shape[0]
 
 
@@ -181,7 +198,7 @@ def edit_loss(model: nn.Module, batch: EditBatch, config: ObjectiveConfig,
     mask_id = int(model.config.mask_token_id)
     target = batch.target_tokens                                              # (B, H, W)
     changed = target != batch.source_tokens
-    mask, progress = draw_edit_mask(changed, config, generator)
+    mask, progress = draw_edit_mask(changed, config, generator, batch.object_tokens)
     inputs = torch.where(mask, torch.full_like(target, mask_id), target)
     timestep = progress_to_timestep(progress, config.sampling_steps).to(target.device)
     out = model(tokens=inputs, text_states=batch.text_states, pooled_text=batch.pooled_text,
@@ -189,7 +206,9 @@ def edit_loss(model: nn.Module, batch: EditBatch, config: ObjectiveConfig,
                 reference_tokens=batch.source_tokens)
     logits = out.logits.float()                                               # (B, V, H, W)
     ce = F.cross_entropy(logits, target, reduction="none", label_smoothing=config.label_smoothing)
-    loss = (ce * token_weights(mask, changed, config.edit_share)).sum()
+    weights = token_weights(mask, changed, config.edit_share, batch.object_tokens,
+                            config.keep_share)
+    loss = (ce * weights).sum()
     with torch.no_grad():
         pred = logits.argmax(1)
         hit = (pred == target) & mask
@@ -199,7 +218,10 @@ def edit_loss(model: nn.Module, batch: EditBatch, config: ObjectiveConfig,
         acc = float(hit.sum() / n_m)
         copy_acc = float((hit & ~changed).sum() / n_copy)
         edit_acc = float((hit & changed).sum() / n_edit)
-    return LossOutput(loss, acc, float(mask.float().mean()), copy_acc, edit_acc)
+        keep = mask & ~changed & batch.object_tokens if batch.object_tokens is not None else None
+        keep_acc = float((hit & keep).sum() / keep.sum()) if keep is not None and keep.any() \
+            else float("nan")
+    return LossOutput(loss, acc, float(mask.float().mean()), copy_acc, edit_acc, keep_acc)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -253,7 +275,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: EditBa
     grad_norm = torch.nn.utils.clip_grad_norm_(params, optim.grad_clip)
     optimizer.step()
     return {"loss": float(out.loss.detach()), "acc": out.accuracy, "copy_acc": out.copy_accuracy,
-            "edit_acc": out.edit_accuracy, "masked": out.masked_fraction,
+            "edit_acc": out.edit_accuracy, "keep_acc": out.keep_accuracy,
+            "masked": out.masked_fraction,
             "grad_norm": float(grad_norm), "lr": lr}
 
 
