@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from editmgt.data import shapes as data
-from editmgt.eval.probes import first_step_accuracy, text_stream_similarity
+from editmgt.eval.probes import first_step_accuracy, keeping_through_sampling, text_stream_similarity
 from editmgt.models.transformer import TransformerOutput
 from editmgt.pipeline import EditMGTPipeline
 
@@ -51,16 +51,23 @@ def test_text_stream_similarity_follows_the_word_rows(pipe):
 
 
 class _Copier(torch.nn.Module):
-    """Predicts the source token everywhere (a model that never edits)."""
+    """Predicts the source token everywhere (a model that never edits); `scale` sets how sure
+    it is (the logit of the source token, the others 0), or with `shift` it names the next
+    code instead (a model that always redraws)."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, scale: float = 1.0, shift: int = 0) -> None:
         super().__init__()
         self.config, self.dtype = model.config, model.dtype
+        self.scale, self.shift = scale, shift
         self.anchor = torch.nn.Parameter(torch.zeros(()))   # gives the pipeline a device to read
 
     def forward(self, tokens, text_states, pooled_text, micro_conds, timestep, reference_tokens=None, **_):
-        one_hot = F.one_hot(reference_tokens, self.config.codebook_size).permute(0, 3, 1, 2)
-        return TransformerOutput(logits=one_hot.float())
+        named = (reference_tokens + self.shift) % self.config.codebook_size
+        one_hot = F.one_hot(named, self.config.codebook_size).permute(0, 3, 1, 2)
+        f = self.config.downsample_factor
+        grid = (reference_tokens.shape[-2] // f) * (reference_tokens.shape[-1] // f)
+        flat = torch.ones(reference_tokens.shape[0], 1, grid)             # an even attention map
+        return TransformerOutput(logits=self.scale * one_hot.float(), text_to_image={0: flat})
 
 
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-shapes"
@@ -77,3 +84,19 @@ def test_first_step_accuracy_of_a_model_that_only_copies():
     assert acc["by_kind"]["style"]["untouched"] is None      # the style edit touches every shape
     # every kind changes some tokens (a token is unchanged only if all its pixels are)
     assert all(acc["by_kind"][kind]["changed"] == 0.0 for kind in data.EDIT_KINDS)
+
+
+def test_keeping_through_sampling_of_a_sure_copier_and_a_redrawer():
+    pipe = EditMGTPipeline.from_pretrained(SHIPPED)
+    triples = [data.make_triple(0, i, "eval") for i in range(7)]         # one per kind
+    model = pipe.transformer
+    pipe.transformer = _Copier(model, scale=50.0)
+    rows = keeping_through_sampling(pipe, triples, guidance=3.0)
+    assert [r["step"] for r in rows] == list(range(16))
+    committed = [r["committed"] for r in rows]
+    assert committed == sorted(committed) and committed[0] < 0.5 and committed[-1] == 1.0
+    assert all(r["kept"] == 1.0 and r["predicted_kept"] == 1.0 for r in rows if r["committed"] > 0)
+    pipe.transformer = _Copier(model, scale=50.0, shift=1)                 # never the source's token
+    rows = keeping_through_sampling(pipe, triples, guidance=3.0)
+    assert rows[-1]["committed"] == 1.0
+    assert all(r["kept"] == 0.0 and r["predicted_kept"] == 0.0 for r in rows)

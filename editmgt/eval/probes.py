@@ -11,6 +11,11 @@
   the tokens of the shapes it leaves alone, per edit kind. An edit applied to every shape
   scores high on the first and near 0 on the second; a model that tells the named shape from
   the others scores high on both.
+- `keeping_through_sampling`: the same untouched-shape tokens followed through a real edit
+  (the sampler, guidance, every step): how many are on the canvas after each step, how many
+  of those are the source's token, and how many of the step's full prediction are. It
+  tells whether a shape the first step would keep is lost to guidance, to sampling, or to
+  later steps.
 """
 
 from __future__ import annotations
@@ -115,11 +120,54 @@ def first_step_accuracy(pipe, triples: Sequence[data.EditTriple], steps: int = E
     }
 
 
+def _untouched_tokens(triple: data.EditTriple, factor: int) -> torch.Tensor:
+    """(h, w) bool: tokens of the shapes `triple` leaves alone whose pixels do not change."""
+    others = np.zeros(triple.source.shape[:2], bool)
+    for s in untouched_shapes(triple):
+        others |= data.shape_mask(s.kind, s.cell, triple.source.shape[0])
+    unchanged = agreement_mask(triple.source[None], triple.target[None], factor)[0]
+    return _token_mask(others, factor) & unchanged
+
+
+@torch.inference_mode()
+def keeping_through_sampling(pipe, triples: Sequence[data.EditTriple], guidance: float,
+                             settings: EvalSettings = EvalSettings(), seed: int = 0) -> list[dict]:
+    """Per sampling step, over the untouched-shape tokens of every triple that has any:
+    `committed` (share on the canvas after the step), `kept` (share of the committed ones
+    equal to the source's token) and `predicted_kept` (share of the step's full prediction,
+    after sampling, equal to it). Plain edits (lambda 0) at `guidance`, the other sampler
+    settings from `settings`; seeds as in the eval command."""
+    factor = pipe.vq.scale_factor
+    counts = np.zeros((settings.steps, 3), np.int64)               # committed, kept, predicted kept
+    total = 0
+    for i, triple in enumerate(triples):
+        where = _untouched_tokens(triple, factor)
+        if not where.any():
+            continue
+        traces: list[tuple[torch.Tensor, torch.Tensor]] = []
+        result = pipe.edit(triple.source, triple.instruction, steps=settings.steps, guidance=guidance,
+                           gamma=settings.gamma, negative_prompt=settings.negative_prompt,
+                           seed=seed * 1_000_003 + i, size=triple.source.shape[0],
+                           callback=lambda t: traces.append((t.tokens[0].cpu(), t.predicted[0].cpu())))
+        source = result.source_tokens
+        total += int(where.sum())
+        for step, (canvas, predicted) in enumerate(traces):
+            committed = where & (canvas != pipe.mask_token_id)
+            counts[step] += [int(committed.sum()), int((committed & (canvas == source)).sum()),
+                             int((where & (predicted == source)).sum())]
+    return [{"step": k, "committed": c / max(total, 1), "kept": kept / max(c, 1),
+             "predicted_kept": pk / max(total, 1)} for k, (c, kept, pk) in enumerate(counts.tolist())]
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m editmgt.eval.probes", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="checkpoint folder (e.g. checkpoints/tiny-shapes)")
     parser.add_argument("--n", type=int, default=280, help="held-out triples for the first-step accuracy")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--guidance", type=float, nargs="*", default=[1.0, EvalSettings.guidance],
+                        help="guidance scales for the keeping-through-sampling table")
+    parser.add_argument("--n-sampled", type=int, default=56,
+                        help="held-out triples sampled for that table (those with untouched shapes count)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from editmgt.pipeline import EditMGTPipeline
@@ -142,6 +190,15 @@ def main(argv: Optional[list[str]] = None) -> int:
             cells = [f"{100 * v[k]:.1f} %" if v[k] is not None else "-" for k in ("changed", "untouched")]
             print(f"| {kind} | {cells[0]} | {cells[1]} |")
     print("\n" + json.dumps(acc))
+    for guidance in args.guidance:
+        rows = keeping_through_sampling(pipe, triples[:args.n_sampled], guidance, seed=args.seed)
+        print(f"\nuntouched-shape tokens through sampling, guidance {guidance:g} "
+              f"({args.n_sampled} held-out triples, lambda 0):")
+        print("| step | on the canvas | of those, the source's token | full prediction = source |"
+              "\n|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['step']} | {100 * r['committed']:.1f} % | {100 * r['kept']:.1f} % | "
+                  f"{100 * r['predicted_kept']:.1f} % |")
     return 0
 
 
