@@ -76,6 +76,14 @@ def _token_mask(mask: np.ndarray, factor: int) -> torch.Tensor:
     return torch.from_numpy(mask.reshape(h // factor, factor, w // factor, factor).any(axis=(1, 3)))
 
 
+def _untouched_pixels(triple: data.EditTriple) -> np.ndarray:
+    """(H, W) bool: pixels of the shapes the edit leaves alone (`untouched_shapes`)."""
+    others = np.zeros(triple.source.shape[:2], bool)
+    for s in untouched_shapes(triple):
+        others |= data.shape_mask(s.kind, s.cell, triple.source.shape[0])
+    return others
+
+
 @torch.inference_mode()
 def first_step_accuracy(pipe, triples: Sequence[data.EditTriple], steps: int = EvalSettings.steps,
                         batch_size: int = 35) -> dict:
@@ -102,10 +110,7 @@ def first_step_accuracy(pipe, triples: Sequence[data.EditTriple], steps: int = E
         hit = out.logits.argmax(1).cpu() == tgt
         for j, t in enumerate(chunk):
             changed = tgt[j] != src[j]
-            others = np.zeros(t.source.shape[:2], bool)
-            for s in untouched_shapes(t):
-                others |= data.shape_mask(s.kind, s.cell, size)
-            untouched = _token_mask(others, factor) & ~changed
+            untouched = _token_mask(_untouched_pixels(t), factor) & ~changed
             kind = per_kind.setdefault(t.kind, {"changed": [], "untouched": []})
             for name, where in (("changed", changed), ("untouched", untouched)):
                 if where.any():
@@ -122,11 +127,8 @@ def first_step_accuracy(pipe, triples: Sequence[data.EditTriple], steps: int = E
 
 def _untouched_tokens(triple: data.EditTriple, factor: int) -> torch.Tensor:
     """(h, w) bool: tokens of the shapes `triple` leaves alone whose pixels do not change."""
-    others = np.zeros(triple.source.shape[:2], bool)
-    for s in untouched_shapes(triple):
-        others |= data.shape_mask(s.kind, s.cell, triple.source.shape[0])
     unchanged = agreement_mask(triple.source[None], triple.target[None], factor)[0]
-    return _token_mask(others, factor) & unchanged
+    return _token_mask(_untouched_pixels(triple), factor) & unchanged
 
 
 @torch.inference_mode()
