@@ -27,7 +27,7 @@ from editmgt.images import fit_size, load_image, load_mask, to_tensor
 from editmgt.models.text_encoders import TextConditioner, TextEmbeddings
 from editmgt.models.transformer import AttentionProbe, EditMGTTransformer
 from editmgt.models.vq import VQTokenizer
-from editmgt.sampling.localization import consolidate
+from editmgt.sampling.localization import consolidate, default_hold_blocks
 from editmgt.sampling.sampler import MaskGITSampler
 from editmgt.sampling.schedule import temperatures as temperature_table
 from editmgt.sampling.schedule import timesteps as timestep_table
@@ -39,9 +39,6 @@ DEFAULT_NEGATIVE_PROMPT = (
     "worst quality, low quality, low res, blurry, distortion, watermark, logo, signature, "
     "text, jpeg artifacts, signature, sketch, duplicate, ugly, identifying mark"
 )
-# Blocks whose text->image attention localises the edit in the released 42-block model.
-RELEASED_HOLD_BLOCKS = range(28, 37)
-RELEASED_NUM_BLOCKS = 42
 MAX_INSTRUCTION_CHARS = 1000
 MAX_STEPS = 256
 PIPELINE_CONFIG_FILE = "editmgt_pipeline.json"  # optional, non-standard: {"resolution": 512}
@@ -196,12 +193,7 @@ class EditMGTPipeline:
 
     def default_hold_blocks(self) -> tuple[int, ...]:
         """Blocks 28-36 of the released 42-block model, or the same relative depth otherwise."""
-        n = self.num_blocks
-        if n == RELEASED_NUM_BLOCKS:
-            return tuple(RELEASED_HOLD_BLOCKS)
-        first = min(n - 1, round(RELEASED_HOLD_BLOCKS.start / RELEASED_NUM_BLOCKS * n))
-        last = min(n - 1, max(first, round((RELEASED_HOLD_BLOCKS.stop - 1) / RELEASED_NUM_BLOCKS * n)))
-        return tuple(range(first, last + 1))
+        return default_hold_blocks(self.num_blocks)
 
     # ------------------------------------------------------------------ helpers
     def model_size(self, image_size: tuple[int, int], size: Optional[Union[int, tuple[int, int]]] = None) -> tuple[int, int]:

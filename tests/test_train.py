@@ -1,11 +1,13 @@
 """The training objective (Eq. 1), optimiser settings and the VQ trainer, on tiny models."""
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from editmgt.models.attention import AttentionProbe
 from editmgt.models.transformer import EditMGTTransformer, TransformerConfig
 from editmgt.train.objective import (
     EditBatch,
@@ -15,6 +17,7 @@ from editmgt.train.objective import (
     draw_edit_mask,
     draw_mask,
     edit_loss,
+    grounding_loss,
     lr_at,
     make_optimizer,
     progress_to_timestep,
@@ -183,6 +186,66 @@ def test_a_few_steps_lower_the_loss():
     with torch.no_grad():
         after = float(edit_loss(model, batch, objective, eval_gen()).loss)
     assert after < 0.7 * before, (before, after)
+
+
+def test_grounding_loss_is_the_kl_from_region_to_attention():
+    region = torch.zeros(3, 4, 4)                              # token grid; factor 2 -> 2 x 2
+    region[0, :2, :2] = 1                                      # one transformer token
+    region[1] = 1                                              # all of them
+    # sample 2 has no region: left out of the mean
+    uniform = {4: torch.full((3, 2, 4), 0.2), 5: torch.full((3, 2, 4), 0.2)}  # 0.2 left for text
+    kl = grounding_loss(uniform, region, factor=2)
+    assert abs(float(kl) - math.log(4) / 2) < 1e-6             # (log 4 + 0) / 2 samples
+    on_region = torch.tensor([[0.8, 0.0, 0.0, 0.0], [0.2, 0.2, 0.2, 0.2], [0.1, 0.3, 0.3, 0.1]])
+    assert float(grounding_loss({4: on_region[:, None]}, region, factor=2)) < 1e-6
+    none = grounding_loss(uniform, torch.zeros(3, 4, 4), factor=2)
+    assert float(none) == 0.0
+    with pytest.raises(ValueError, match="pools to"):
+        grounding_loss(uniform, region, factor=1)
+
+
+def test_grounding_moves_the_hold_blocks_attention_onto_the_region():
+    torch.set_num_threads(1)
+    model = tiny_model()
+    optim = OptimConfig(lr=3e-3)
+    opt = make_optimizer(model, optim)
+    batch = tiny_batch()
+    region = (batch.target_tokens != batch.source_tokens).float()   # the edited corner
+    region[0] = 0                                              # e.g. a dropped prompt
+    batch = dataclasses.replace(batch, edit_region=region)
+    objective = ObjectiveConfig(text_dropout=0.0, grounding_weight=1.0)
+    blocks = (1,)                                              # default_hold_blocks(2)
+
+    def share_on_region() -> float:
+        with torch.no_grad():
+            out = model(tokens=batch.target_tokens, text_states=batch.text_states,
+                        pooled_text=batch.pooled_text, micro_conds=batch.micro_conds,
+                        timestep=torch.zeros(8), reference_tokens=batch.source_tokens,
+                        probe=AttentionProbe(blocks))
+        attention = out.text_to_image[1].mean(1)[1:]          # (B - 1, 4): the 2 x 2 grid
+        return float((attention[:, 0] / attention.sum(1)).mean())   # corner = token 0
+
+    before = share_on_region()
+    gen = torch.Generator().manual_seed(0)
+    kls = [train_step(model, opt, batch, objective, optim, step, gen)["grounding"]
+           for step in range(40)]
+    after = share_on_region()
+    assert 0.15 < before < 0.4 and after > 0.8, (before, after)
+    assert kls[-1] < 0.2 * kls[0]
+    plain = train_step(model, opt, dataclasses.replace(batch, edit_region=None), objective,
+                       optim, 40, gen)
+    assert math.isnan(plain["grounding"])                       # no region: no term
+
+
+def test_named_regions_drop_the_null_prompts():
+    from editmgt.train.shapes import named_regions, token_shares
+
+    pixels = np.zeros((2, 8, 8), bool)
+    pixels[:, :4, :2] = True                                   # the left half of token (0, 0)
+    shares = token_shares(pixels, factor=4)                    # (2, 2, 2)
+    assert torch.equal(shares[0], torch.tensor([[0.5, 0.0], [0.0, 0.0]]))
+    kept = named_regions(shares, ["remove the star", ""], ["", "worst quality"])
+    assert torch.equal(kept[0], shares[0]) and not kept[1].any()
 
 
 def test_vq_trainer_learns_and_round_trips():

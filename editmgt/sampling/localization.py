@@ -19,6 +19,9 @@ from editmgt.errors import InputError
 from editmgt.sampling.smoothing import smooth_scores
 
 _RESCALE_EPS = 1e-8
+# Blocks whose text->image attention localises the edit in the released 42-block model.
+RELEASED_HOLD_BLOCKS = range(28, 37)
+RELEASED_NUM_BLOCKS = 42
 
 
 @dataclass
@@ -28,6 +31,17 @@ class LocalizationMap:
     raw: Tensor        # (B, N) mean attention before rescale, N = h * w
     grid: Tensor       # (B, h, w) rescaled + smoothed, transformer grid
     scores: Tensor     # (B, H * W) bicubic up-sample of ``grid`` to the VQ token grid
+
+
+def default_hold_blocks(num_blocks: int) -> tuple[int, ...]:
+    """Blocks 28-36 of the released 42-block model, or the same relative depth of a model
+    with `num_blocks` blocks (double blocks first, then single)."""
+    if num_blocks == RELEASED_NUM_BLOCKS:
+        return tuple(RELEASED_HOLD_BLOCKS)
+    first = min(num_blocks - 1, round(RELEASED_HOLD_BLOCKS.start / RELEASED_NUM_BLOCKS * num_blocks))
+    last = min(num_blocks - 1,
+               max(first, round((RELEASED_HOLD_BLOCKS.stop - 1) / RELEASED_NUM_BLOCKS * num_blocks)))
+    return tuple(range(first, last + 1))
 
 
 def mean_attention(text_to_image: dict[int, Tensor]) -> Tensor:

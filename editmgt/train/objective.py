@@ -19,7 +19,13 @@ edit must leave alone:
 - `mask_edit_prob`: with this probability per sample every changed token is masked, and
   with `mask_objects` every object token too, so an edit must be read from the
   instruction and not from visible neighbours (at the sampler's first step nothing is
-  visible), and a fully masked object is not a sign that it is the one to edit.
+  visible), and a fully masked object is not a sign that it is the one to edit;
+- `grounding_weight`: when the batch carries the edit's target region
+  (`EditBatch.edit_region`, known for synthetic data and for datasets with edit masks),
+  add that weight times the KL divergence from the region to the consolidated text->image
+  attention of the hold blocks, so the map region-hold reads points at the edit (the
+  paper's model finds it from Meissonic's pre-training; a model trained from scratch in
+  minutes does not).
 
 The code touches the model only through its forward signature and `config.mask_token_id`,
 so it runs the released 1024 px transformer as well as the tiny shapes one.
@@ -37,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from editmgt.models.attention import AttentionProbe
+from editmgt.sampling.localization import default_hold_blocks, mean_attention
 from editmgt.sampling.schedule import mask_ratio
 
 logger = logging.getLogger(__name__)
@@ -54,6 +62,8 @@ class ObjectiveConfig:
     keep_share: float = 0.0           # share on unchanged tokens of objects (needs object_tokens)
     mask_edit_prob: float = 0.0       # probability per sample that all changed tokens are masked
     mask_objects: bool = False        # ... and all object tokens with them (needs object_tokens)
+    grounding_weight: float = 0.0     # weight of the attention-grounding KL (needs edit_region)
+    grounding_blocks: tuple[int, ...] = ()   # blocks grounded; () = the pipeline's hold blocks
 
 
 @dataclass
@@ -79,6 +89,9 @@ class EditBatch:
     micro_conds: (B, 5) width, height, crop top, crop left, aesthetic score.
     object_tokens: optional (B, H, W) bool, True on tokens that show an object in the
     source or the target (known for synthetic data; None for real photographs).
+    edit_region: optional (B, H, W) float in [0, 1], the share of each token's pixels in
+    the edit's target region; a sample whose region is all zero (no region known, or its
+    prompt dropped for CFG) is left out of the grounding term.
     """
 
     target_tokens: Tensor
@@ -87,6 +100,7 @@ class EditBatch:
     pooled_text: Tensor
     micro_conds: Tensor
     object_tokens: Optional[Tensor] = None
+    edit_region: Optional[Tensor] = None
 
     def to(self, device: torch.device | str) -> "EditBatch":
         moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -103,6 +117,7 @@ class LossOutput:
     copy_accuracy: float              # accuracy on masked tokens equal to the source token
     edit_accuracy: float              # accuracy on masked tokens that differ from the source
     keep_accuracy: float              # accuracy on masked unchanged object tokens (nan: none)
+    grounding: float = float("nan")   # grounding KL before its weight (nan: not computed)
 
 
 def draw_mask(shape: tuple[int, ...], schedule: str, generator: Optional[torch.Generator],
@@ -191,6 +206,31 @@ def token_weights(mask: Tensor, changed: Tensor, edit_share: float,
     return weights / mask.shape[0]
 
 
+def grounding_loss(text_to_image: dict[int, Tensor], region: Tensor, factor: int) -> Tensor:
+    """Mean KL(region || attention) over the samples that have a region.
+
+    text_to_image: block -> (B, heads[, R], N) text->image probabilities on the transformer
+    grid; region: (B, H, W) float on the token grid, H / factor x W / factor = N. Both are
+    made distributions over the N image tokens (the attention averaged over blocks, heads
+    and rows, as `consolidate` does). Returns a scalar (0 when no sample has a region).
+    """
+    attention = mean_attention(text_to_image)                                  # (B, N)
+    target = region.float()[:, None]
+    if factor > 1:
+        target = F.avg_pool2d(target, factor)
+    target = target.flatten(1)                                                 # (B, N)
+    if target.shape != attention.shape:
+        raise ValueError(f"region pools to {tuple(target.shape)}, attention is {tuple(attention.shape)}")
+    mass = target.sum(1)
+    has = mass > 0
+    if not bool(has.any()):
+        return attention.sum() * 0.0
+    q = target[has] / mass[has, None]
+    p = attention[has] / attention[has].sum(1, keepdim=True).clamp(min=1e-12)
+    kl = (q * (q.clamp(min=1e-12).log() - p.clamp(min=1e-12).log())).sum(1)
+    return kl.mean()
+
+
 def edit_loss(model: nn.Module, batch: EditBatch, config: ObjectiveConfig,
               generator: Optional[torch.Generator] = None) -> LossOutput:
     """Eq. 1: cross-entropy of the masked target tokens given source tokens and text
@@ -201,14 +241,24 @@ def edit_loss(model: nn.Module, batch: EditBatch, config: ObjectiveConfig,
     mask, progress = draw_edit_mask(changed, config, generator, batch.object_tokens)
     inputs = torch.where(mask, torch.full_like(target, mask_id), target)
     timestep = progress_to_timestep(progress, config.sampling_steps).to(target.device)
+    grounded = config.grounding_weight > 0 and batch.edit_region is not None
+    probe = None
+    if grounded:
+        blocks = config.grounding_blocks or default_hold_blocks(model.config.num_blocks)
+        probe = AttentionProbe(tuple(blocks))
     out = model(tokens=inputs, text_states=batch.text_states, pooled_text=batch.pooled_text,
                 micro_conds=batch.micro_conds, timestep=timestep,
-                reference_tokens=batch.source_tokens)
+                reference_tokens=batch.source_tokens, probe=probe)
     logits = out.logits.float()                                               # (B, V, H, W)
     ce = F.cross_entropy(logits, target, reduction="none", label_smoothing=config.label_smoothing)
     weights = token_weights(mask, changed, config.edit_share, batch.object_tokens,
                             config.keep_share)
     loss = (ce * weights).sum()
+    grounding = float("nan")
+    if grounded:
+        kl = grounding_loss(out.text_to_image, batch.edit_region, model.config.downsample_factor)
+        loss = loss + config.grounding_weight * kl
+        grounding = float(kl.detach())
     with torch.no_grad():
         pred = logits.argmax(1)
         hit = (pred == target) & mask
@@ -221,7 +271,8 @@ def edit_loss(model: nn.Module, batch: EditBatch, config: ObjectiveConfig,
         keep = mask & ~changed & batch.object_tokens if batch.object_tokens is not None else None
         keep_acc = float((hit & keep).sum() / keep.sum()) if keep is not None and keep.any() \
             else float("nan")
-    return LossOutput(loss, acc, float(mask.float().mean()), copy_acc, edit_acc, keep_acc)
+    return LossOutput(loss, acc, float(mask.float().mean()), copy_acc, edit_acc, keep_acc,
+                      grounding)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -276,6 +327,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: EditBa
     optimizer.step()
     return {"loss": float(out.loss.detach()), "acc": out.accuracy, "copy_acc": out.copy_accuracy,
             "edit_acc": out.edit_accuracy, "keep_acc": out.keep_accuracy,
+            "grounding": out.grounding,
             "masked": out.masked_fraction,
             "grad_norm": float(grad_norm), "lr": lr}
 

@@ -256,6 +256,7 @@ class EncodedTriples:
     instructions: list[str]
     kinds: list[str]
     objects: torch.Tensor                 # (N, h, w) bool: tokens showing a shape in source or target
+    regions: torch.Tensor                 # (N, h, w) float: share of each token's pixels in the target region
 
 
 class PromptSampler:
@@ -316,6 +317,22 @@ def save_text_towers(text, root: Path) -> None:
     lm.model.load_state_dict(text.llm.model.state_dict())
     lm.tie_weights()
     lm.eval().save_pretrained(root / "llm_encoder", safe_serialization=True)
+
+
+def token_shares(mask: np.ndarray, factor: int) -> torch.Tensor:
+    """(N, H, W) bool pixels -> (N, H/factor, W/factor) float, the share of each token's
+    factor x factor patch that is True."""
+    n, h, w = mask.shape
+    return torch.from_numpy(mask.reshape(n, h // factor, factor, w // factor, factor)
+                            .mean(axis=(2, 4), dtype=np.float32))
+
+
+def named_regions(regions: torch.Tensor, texts: Sequence[str], null_prompts: Sequence[str]
+                  ) -> torch.Tensor:
+    """regions (B, h, w) with the samples whose prompt was dropped to a null prompt zeroed:
+    a null prompt names no region, so the grounding term leaves them out."""
+    named = torch.tensor([t not in null_prompts for t in texts], dtype=regions.dtype)
+    return regions * named[:, None, None]
 
 
 def tokens_touching(mask: np.ndarray, factor: int) -> torch.Tensor:
@@ -403,6 +420,7 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
     object_pixels = np.stack([data.shapes_union(tr.source_scene, recipe.image_size)
                               | data.shapes_union(tr.target_scene, recipe.image_size)
                               for tr in triples])
+    region_pixels = np.stack([tr.mask for tr in triples])
     del triples
     log["timings"]["data_s"] = round(time.time() - t0, 1)
     logger.info("%d training triples in %.1fs", len(instructions), time.time() - t0)
@@ -448,8 +466,9 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
     log["vq_roundtrip_l1"] = float((recon - to_tensor(targets[:280])).abs().mean())
     log["vq_target_check_rate"] = vq_check_rate(recon, recipe.seed, 280)
     del pool
-    enc = EncodedTriples(src_ids, tgt_ids, instructions, kinds, tokens_touching(object_pixels, factor))
-    del object_pixels
+    enc = EncodedTriples(src_ids, tgt_ids, instructions, kinds, tokens_touching(object_pixels, factor),
+                         token_shares(region_pixels, factor))
+    del object_pixels, region_pixels
     log["timings"]["encode_s"] = round(time.time() - t0, 1)
     log["unique_instructions"] = len(set(instructions))
     logger.info("tokens %s, %d unique instructions, VQ round-trip L1 %.4f, reconstructed "
@@ -470,8 +489,9 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
     trained = torch.nn.ModuleList([model, text]) if recipe.train_text else model
     optimizer = make_optimizer(trained, recipe.optim)
     gen = torch.Generator().manual_seed(recipe.seed + 50)
+    null_prompts = ["", NEGATIVE_PROMPT]
     prompts = PromptSampler(instructions, recipe.phrasing_noise, recipe.objective.text_dropout,
-                            ["", NEGATIVE_PROMPT], seed=recipe.seed + 60)
+                            null_prompts, seed=recipe.seed + 60)
     micro = torch.tensor([[recipe.image_size, recipe.image_size, 0, 0, 6]], dtype=torch.float32)
     epoch = torch.tensor([i for i, k in enumerate(kinds) for _ in range(recipe.kind_repeats.get(k, 1))])
     n = epoch.numel()
@@ -485,7 +505,7 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
     for step in range(total):
         if step < recipe.copy_warmup_steps:
             source, target = copy_batch(used_codes, recipe.batch_size, tuple(src_ids.shape[1:]), gen)
-            texts, objects = [""] * recipe.batch_size, None
+            texts, objects, regions = [""] * recipe.batch_size, None, None
         else:
             if cursor + recipe.batch_size > n:
                 perm, cursor = epoch[torch.randperm(n, generator=gen)], 0
@@ -493,19 +513,21 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
             cursor += recipe.batch_size
             source, target, objects = enc.source[index], enc.target[index], enc.objects[index]
             texts = prompts(index)
+            regions = named_regions(enc.regions[index], texts, null_prompts)
         with torch.set_grad_enabled(recipe.train_text):
             emb = text(texts)
         batch = EditBatch(target, source, emb.states, emb.pooled,
-                          micro.expand(source.shape[0], -1), objects)
+                          micro.expand(source.shape[0], -1), objects, regions)
         stats = train_step(model, optimizer, batch, recipe.objective, optim, step, gen)
         window.append(stats)
         if (step + 1) % recipe.log_every == 0 or step == total - 1:
             mean = {k: _mean_of_numbers([w[k] for w in window]) for k in window[0]}
             mean.update(step=step + 1, seconds=round(time.time() - t0, 1))
             log["transformer"].append(mean)
-            logger.info("step %d/%d loss %.4f acc %.3f copy %.3f edit %.3f keep %s lr %.2e "
-                        "(%.0fs)", step + 1, total, mean["loss"], mean["acc"], mean["copy_acc"],
-                        mean["edit_acc"], mean["keep_acc"], mean["lr"], mean["seconds"])
+            logger.info("step %d/%d loss %.4f acc %.3f copy %.3f edit %.3f keep %s grounding %s "
+                        "lr %.2e (%.0fs)", step + 1, total, mean["loss"], mean["acc"],
+                        mean["copy_acc"], mean["edit_acc"], mean["keep_acc"], mean["grounding"],
+                        mean["lr"], mean["seconds"])
             window = []
     text.eval()
     model.eval()
