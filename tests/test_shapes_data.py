@@ -113,3 +113,18 @@ def test_others_kept_looks_at_the_shapes_the_edit_leaves_alone():
             assert len(others) == len(t.source_scene.shapes) - 1
         if others:
             assert others_kept(t.target, t) is True
+
+
+def test_region_scores_are_the_ideal_map_and_its_iou_ceiling():
+    from editmgt.eval.shapes import region_scores
+
+    mask = data.shape_mask("square", 4)                           # the centre cell
+    scores = region_scores(mask, (16, 16), 2, "none", 1.0)
+    assert scores.shape == (16, 16)
+    pixels = np.kron(scores, np.ones((4, 4)))
+    inside, outside = pixels[mask], pixels[~mask]
+    assert inside.mean() > 0.6 > 0.05 > outside.mean()             # the map marks the square
+    best = max(iou(pixels >= t, mask) for t in (0.1, 0.2, 0.3, 0.4, 0.5))
+    assert 0.5 < best < 1.0                                        # 8 px tokens blur a 14 px square
+    whole = region_scores(np.ones((64, 64), bool), (16, 16), 2, "adaptive", 1.0)
+    assert (whole == 1).all()                                      # style edits: every token

@@ -237,6 +237,24 @@ def test_grounding_moves_the_hold_blocks_attention_onto_the_region():
     assert math.isnan(plain["grounding"])                       # no region: no term
 
 
+def test_detached_text_keeps_the_grounding_out_of_the_text_stream():
+    model = tiny_model()
+    batch = tiny_batch()
+    region = (batch.target_tokens != batch.source_tokens).float()
+
+    def text_gradient(detach: bool) -> float:
+        states = batch.text_states.clone().requires_grad_(True)
+        out = model(tokens=batch.target_tokens, text_states=states, pooled_text=batch.pooled_text,
+                    micro_conds=batch.micro_conds, timestep=torch.zeros(8),
+                    reference_tokens=batch.source_tokens,
+                    probe=AttentionProbe((0,), detach_text=detach))        # the double block
+        grounding_loss(out.text_to_image, region, factor=2).backward()
+        return float(states.grad.abs().sum())
+
+    assert text_gradient(detach=False) > 1e-3 and text_gradient(detach=True) < 1e-6
+    assert ObjectiveConfig().grounding_text_grad
+
+
 def test_named_regions_drop_the_null_prompts():
     from editmgt.train.shapes import named_regions, token_shares
 

@@ -12,7 +12,9 @@ prints one table:
   out); the VQ round-trip floor of the same pixels is printed beside it;
 - localisation: IoU between the true target mask and the tokens whose consolidated
   attention score is >= lambda (the tokens region-hold lets change), for block ranges
-  "paper" (the 28-36 analogue), "all", "double" and "single";
+  "paper" (the 28-36 analogue), "all", "double" and "single", and for the true region
+  itself pooled to the transformer grid and consolidated the same way ("true region
+  (ceiling)": what a perfect map can reach at this grid);
 - the Figure 4 analogue: L1 to the source and success against lambda, saved as a plot;
 - others kept: the share of edits whose untouched shapes all survive (`has_shape`), among
   the edits whose scene has shapes the instruction does not name (style edits left out);
@@ -42,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_LAMBDAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8)
 IOU_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+CEILING = "true region (ceiling)"  # the IoU rows' name for region_scores
 COLOUR_FRACTION = 0.5        # share of a shape's inner pixels that must have its colour
 ABSENT_FRACTION = 0.2        # at most this share of a removed shape's pixels keep its colour
 SHAPE_IOU = 0.5              # shape-kind check: best-matching kind and IoU >= this
@@ -208,6 +211,27 @@ def attention_scores(pipe, tokens: torch.Tensor, source_tokens: torch.Tensor, in
     return result
 
 
+def region_scores(mask: np.ndarray, token_grid: tuple[int, int], factor: int, smoothing: str,
+                  strength: float) -> np.ndarray:
+    """The localisation an ideal attention map would give: the true region's share of each
+    transformer token (mask (H, W) bool pixels; token_grid (h, w) the VQ grid; factor the
+    transformer's down-sampling) consolidated like attention (rescale, smoothing, bicubic
+    up-sampling), as (h, w) scores on the VQ grid. Its IoU is the ceiling the transformer
+    grid and the consolidation put on any block range's. A region covering the whole
+    picture (style edits) scores 1 everywhere: min-max rescaling is undefined for a
+    constant map."""
+    from editmgt.sampling.localization import consolidate
+
+    h, w = token_grid
+    if mask.all():
+        return np.ones((h, w), np.float32)
+    pooled = torch.from_numpy(mask.astype(np.float32))[None, None]
+    pooled = torch.nn.functional.avg_pool2d(pooled, mask.shape[0] // (h // factor)).flatten(1)
+    loc = consolidate({0: pooled[:, None]}, (h // factor, w // factor), (h, w),
+                      smoothing=smoothing, strength=strength)
+    return loc.scores[0].reshape(h, w).numpy()
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 @dataclass
@@ -267,6 +291,9 @@ def evaluate(model_dir: str | Path, n: int = 300, seed: int = 0,
                                   ranges, settings.gamma, settings.smoothing,
                                   settings.smoothing_strength, size)
         scale = size // outs[0].edited_tokens.shape[0]
+        scores[CEILING] = region_scores(tr.mask, tuple(outs[0].edited_tokens.shape),
+                                        cfg.downsample_factor, settings.smoothing,
+                                        settings.smoothing_strength)
         ious = {}
         for name, s in scores.items():
             up = np.kron(s, np.ones((scale, scale)))                # token scores on pixels

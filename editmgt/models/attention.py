@@ -41,11 +41,14 @@ class AttentionProbe:
     rows:      (R,) text-query rows to keep; None keeps all T rows.
     keep_rows: False -> mean over the kept rows, (B, heads, N);
                True  -> (B, heads, R, N).
+    detach_text: compute them from detached text queries and keys, so that a loss on
+               them (training's grounding term) moves the image keys, not the text stream.
     """
 
     blocks: tuple[int, ...]
     rows: Optional[Tensor] = None
     keep_rows: bool = False
+    detach_text: bool = False
 
 
 class JointAttentionOutput(NamedTuple):
@@ -146,6 +149,9 @@ def _text_to_image(q: Tensor, k: Tensor, text_len: int, image_len: int, probe: A
     if probe.rows is not None:
         q_text = q_text.index_select(2, probe.rows.to(q.device))
     k_ctx = k[:, :, : text_len + image_len]
+    if probe.detach_text:
+        q_text = q_text.detach()
+        k_ctx = torch.cat([k_ctx[:, :, :text_len].detach(), k_ctx[:, :, text_len:]], dim=2)
     scores = torch.matmul(q_text.float(), k_ctx.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
     probs = scores.softmax(dim=-1)[..., text_len:]
     return probs if probe.keep_rows else probs.mean(dim=2)

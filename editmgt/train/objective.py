@@ -64,6 +64,7 @@ class ObjectiveConfig:
     mask_objects: bool = False        # ... and all object tokens with them (needs object_tokens)
     grounding_weight: float = 0.0     # weight of the attention-grounding KL (needs edit_region)
     grounding_blocks: tuple[int, ...] = ()   # blocks grounded; () = the pipeline's hold blocks
+    grounding_text_grad: bool = True  # False: text rows detached, the term moves image keys only
 
 
 @dataclass
@@ -245,7 +246,7 @@ def edit_loss(model: nn.Module, batch: EditBatch, config: ObjectiveConfig,
     probe = None
     if grounded:
         blocks = config.grounding_blocks or default_hold_blocks(model.config.num_blocks)
-        probe = AttentionProbe(tuple(blocks))
+        probe = AttentionProbe(tuple(blocks), detach_text=not config.grounding_text_grad)
     out = model(tokens=inputs, text_states=batch.text_states, pooled_text=batch.pooled_text,
                 micro_conds=batch.micro_conds, timestep=timestep,
                 reference_tokens=batch.source_tokens, probe=probe)
