@@ -222,14 +222,12 @@ def grounding_loss(text_to_image: dict[int, Tensor], region: Tensor, factor: int
     target = target.flatten(1)                                                 # (B, N)
     if target.shape != attention.shape:
         raise ValueError(f"region pools to {tuple(target.shape)}, attention is {tuple(attention.shape)}")
-    mass = target.sum(1)
-    has = mass > 0
-    if not bool(has.any()):
-        return attention.sum() * 0.0
-    q = target[has] / mass[has, None]
-    p = attention[has] / attention[has].sum(1, keepdim=True).clamp(min=1e-12)
-    kl = (q * (q.clamp(min=1e-12).log() - p.clamp(min=1e-12).log())).sum(1)
-    return kl.mean()
+    mass = target.sum(1, keepdim=True)                                         # (B, 1)
+    has = (mass[:, 0] > 0).float()                                             # no host sync
+    q = target / mass.clamp(min=1e-12)
+    p = attention / attention.sum(1, keepdim=True).clamp(min=1e-12)
+    kl = (q * (q.clamp(min=1e-12).log() - p.clamp(min=1e-12).log())).sum(1)    # (B,), 0 without region
+    return (kl * has).sum() / has.sum().clamp(min=1)
 
 
 def edit_loss(model: nn.Module, batch: EditBatch, config: ObjectiveConfig,
