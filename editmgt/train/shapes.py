@@ -338,8 +338,7 @@ def named_regions(regions: torch.Tensor, texts: Sequence[str], null_prompts: Seq
 def tokens_touching(mask: np.ndarray, factor: int) -> torch.Tensor:
     """(N, H, W) bool pixels -> (N, H/factor, W/factor) bool, True where the token's
     factor x factor patch holds any True pixel."""
-    n, h, w = mask.shape
-    return torch.from_numpy(mask.reshape(n, h // factor, factor, w // factor, factor).any(axis=(2, 4)))
+    return token_shares(mask, factor) > 0
 
 
 def agreement_mask(sources: np.ndarray, targets: np.ndarray, factor: int) -> torch.Tensor:
