@@ -390,7 +390,7 @@ def test_codebook_from_patches_and_id_locality():
     vq = train_vq(sample, cfg, train, seed=0)
     probe = [sample(8, torch.Generator().manual_seed(i)) for i in range(4)]
     _, _, before = modal_id_table(vq, probe, factor=2)
-    train.locality_steps, train.locality_lr, train.locality_batches = 60, 5e-3, 8
+    train.locality_steps, train.locality_lr, train.locality_batches = 100, 5e-3, 8
     train_id_locality(vq, sample, train, torch.Generator().manual_seed(1))
     _, _, after = modal_id_table(vq, probe, factor=2)
     assert after > before and after > 0.9, (before, after)

@@ -36,6 +36,8 @@ class VQTokenizer(nn.Module):
             decode_dtype = torch.float32 if upcast else encode_dtype
         for part in (model.quantize, model.post_quant_conv, model.decoder):
             part.to(dtype=decode_dtype)
+        # Channels-last convolutions: the same maths, about a quarter faster on CPU (oneDNN).
+        model.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_pretrained(
@@ -101,7 +103,8 @@ class VQTokenizer(nn.Module):
         out = []
         step = batch_size or images.shape[0]
         for chunk in images.split(step):
-            latents = self.model.encode(chunk.to(device=self.device, dtype=self.dtype)).latents
+            chunk = chunk.to(device=self.device, dtype=self.dtype, memory_format=torch.channels_last)
+            latents = self.model.encode(chunk).latents
             _, _, (_, _, indices) = self.model.quantize(latents.to(codebook_dtype))
             out.append(indices.reshape(chunk.shape[0], h, w))
         return torch.cat(out).long()
@@ -126,5 +129,5 @@ class VQTokenizer(nn.Module):
             else:
                 codes = self.model.quantize.get_codebook_entry(chunk.reshape(-1), shape)
                 sample = self.model.decode(codes, force_not_quantize=True).sample
-            out.append(sample.clamp(0, 1))
+            out.append(sample.clamp(0, 1).contiguous())
         return torch.cat(out)
