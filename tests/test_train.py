@@ -204,6 +204,67 @@ def test_grounding_loss_is_the_kl_from_region_to_attention():
         grounding_loss(uniform, region, factor=1)
 
 
+def test_grounding_loss_reads_only_the_rows_that_name_the_edit():
+    region = torch.zeros(2, 4, 4)
+    region[:, :2, :2] = 1                                      # token 0 of the 2 x 2 grid
+    # rows: 0 = padding (uniform), 1 = the naming word (on the region), 2 = a verb (elsewhere)
+    rows_maps = torch.tensor([[0.2, 0.2, 0.2, 0.2], [0.8, 0.0, 0.0, 0.0], [0.0, 0.0, 0.4, 0.4]])
+    maps = {4: rows_maps.expand(2, 1, 3, 4).clone()}          # (B, heads, T, N)
+    named = torch.tensor([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
+    assert float(grounding_loss(maps, region, factor=2, rows=named)) < 1e-6
+    every = grounding_loss(maps, region, factor=2, rows=torch.ones(2, 3))
+    share = ((0.2 + 0.8 + 0.0) / 3) / 0.8                      # token 0's share of the row mean
+    assert abs(float(every) + math.log(share)) < 1e-5
+    # a sample without naming rows is left out, as one without a region
+    named[1] = 0
+    maps[4][1, 0, 1] = torch.tensor([0.0, 0.8, 0.0, 0.0])    # would cost log(...) if counted
+    assert float(grounding_loss(maps, region, factor=2, rows=named)) < 1e-6
+    assert float(grounding_loss(maps, region, factor=2, rows=torch.zeros(2, 3))) == 0.0
+
+
+def test_text_dropout_clears_the_dropped_samples_region():
+    batch = tiny_batch()
+    batch = dataclasses.replace(batch, edit_region=torch.ones(8, 4, 4))
+    nulls = (torch.zeros(1, 5, 8), torch.zeros(1, 8))
+    g = torch.Generator().manual_seed(3)
+    out = apply_text_dropout(batch, *nulls, p=0.5, generator=g)
+    dropped = (out.text_states == 0).flatten(1).all(1)
+    assert 0 < int(dropped.sum()) < 8
+    assert torch.equal(out.edit_region.flatten(1).amax(1) == 0, dropped)
+
+
+def test_grounding_on_named_rows_trains_those_rows_attention():
+    torch.set_num_threads(1)
+    model = tiny_model()
+    optim = OptimConfig(lr=3e-3)
+    opt = make_optimizer(model, optim)
+    batch = tiny_batch()
+    region = (batch.target_tokens != batch.source_tokens).float()
+    rows = torch.zeros(8, 5)
+    rows[:, 3] = 1                                             # the text row that names the edit
+    batch = dataclasses.replace(batch, edit_region=region, region_rows=rows)
+    objective = ObjectiveConfig(text_dropout=0.0, grounding_weight=1.0)
+
+    def shares() -> tuple[float, float]:
+        """The corner token's share of the attention: the naming row's, the other rows'."""
+        with torch.no_grad():
+            out = model(tokens=batch.target_tokens, text_states=batch.text_states,
+                        pooled_text=batch.pooled_text, micro_conds=batch.micro_conds,
+                        timestep=torch.zeros(8), reference_tokens=batch.source_tokens,
+                        probe=AttentionProbe((1,), keep_rows=True))
+        att = out.text_to_image[1].mean(1)                     # (B, T, 4)
+        on = att[..., 0] / att.sum(-1)                         # corner token's share per row
+        return float(on[:, 3].mean()), float(on[:, [0, 1, 2, 4]].mean())
+
+    named_before, _ = shares()
+    gen = torch.Generator().manual_seed(0)
+    kls = [train_step(model, opt, batch, objective, optim, step, gen)["grounding"]
+           for step in range(40)]
+    named_after, _ = shares()
+    assert named_before < 0.4 and named_after > 0.9, (named_before, named_after)
+    assert kls[-1] < 0.2 * kls[0]
+
+
 def test_grounding_moves_the_hold_blocks_attention_onto_the_region():
     torch.set_num_threads(1)
     model = tiny_model()
@@ -264,6 +325,25 @@ def test_named_regions_drop_the_null_prompts():
     assert torch.equal(shares[0], torch.tensor([[0.5, 0.0], [0.0, 0.0]]))
     kept = named_regions(shares, ["remove the star", ""], ["", "worst quality"])
     assert torch.equal(kept[0], shares[0]) and not kept[1].any()
+
+
+def test_naming_rows_mark_the_words_that_name_the_edit():
+    from pathlib import Path
+
+    from editmgt.models.text_encoders import TextConditioner
+    from editmgt.train.shapes import ShapesRecipe, naming_rows
+
+    root = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-shapes"
+    text = TextConditioner.from_pretrained(root, cache_size=0)
+    prompts = ["make the red circle blue", "", "zorp remove the star", "make the background striped"]
+    rows = naming_rows(text, prompts)
+    assert rows.shape == (4, text.text_length)
+    ids = text.llm.tokenizer(prompts[0], padding="max_length", max_length=text.text_length)["input_ids"]
+    words = {text.llm.tokenizer.decode([ids[int(i)]]).strip() for i in rows[0].nonzero()[:, 0]}
+    assert words == {"red", "circle", "blue"}                  # left padding: the last rows
+    assert rows.sum(1).tolist() == [3.0, 0.0, 1.0, 2.0]        # null prompt: no rows
+    with pytest.raises(ValueError, match="grounding_rows"):
+        ShapesRecipe(grounding_rows="verbs")
 
 
 def test_vq_trainer_learns_and_round_trips():

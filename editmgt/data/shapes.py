@@ -427,6 +427,8 @@ def classify_pixels(img: np.ndarray) -> np.ndarray:
 MEANING_WORDS: frozenset[str] = frozenset(
     [*SHAPE_COLOURS, *SHAPE_KINDS, *BACKGROUND_WORDS.values(), *BACKGROUND_COLOURS,
      *(w for p in POSITIONS for w in p.split()), "a", "the", "background", "grayscale", "color"])
+# the meaning words that say which region an edit changes (training's grounding rows)
+NAMING_WORDS: frozenset[str] = MEANING_WORDS - {"a", "the"}
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 

@@ -93,6 +93,9 @@ class EditBatch:
     edit_region: optional (B, H, W) float in [0, 1], the share of each token's pixels in
     the edit's target region; a sample whose region is all zero (no region known, or its
     prompt dropped for CFG) is left out of the grounding term.
+    region_rows: optional (B, T) float, the text rows whose words name the edit (1) and the
+    others (0); with it the grounding term reads only those rows' attention (a sample
+    without such rows is left out), without it the mean over all T rows.
     """
 
     target_tokens: Tensor
@@ -102,6 +105,7 @@ class EditBatch:
     micro_conds: Tensor
     object_tokens: Optional[Tensor] = None
     edit_region: Optional[Tensor] = None
+    region_rows: Optional[Tensor] = None
 
     def to(self, device: torch.device | str) -> "EditBatch":
         moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -162,7 +166,10 @@ def apply_text_dropout(batch: EditBatch, null_states: Tensor, null_pooled: Tenso
                          batch.text_states)
     pooled = torch.where(drop[:, None], null_pooled[which].to(batch.pooled_text),
                          batch.pooled_text)
-    return dataclasses.replace(batch, text_states=states, pooled_text=pooled)
+    region = batch.edit_region
+    if region is not None:                    # a null prompt names no region
+        region = region * (~drop).to(region.dtype)[:, None, None]
+    return dataclasses.replace(batch, text_states=states, pooled_text=pooled, edit_region=region)
 
 
 def draw_edit_mask(changed: Tensor, config: ObjectiveConfig, generator: Optional[torch.Generator],
@@ -207,15 +214,26 @@ def token_weights(mask: Tensor, changed: Tensor, edit_share: float,
     return weights / mask.shape[0]
 
 
-def grounding_loss(text_to_image: dict[int, Tensor], region: Tensor, factor: int) -> Tensor:
+def grounding_loss(text_to_image: dict[int, Tensor], region: Tensor, factor: int,
+                   rows: Optional[Tensor] = None) -> Tensor:
     """Mean KL(region || attention) over the samples that have a region.
 
     text_to_image: block -> (B, heads[, R], N) text->image probabilities on the transformer
     grid; region: (B, H, W) float on the token grid, H / factor x W / factor = N. Both are
     made distributions over the N image tokens (the attention averaged over blocks, heads
-    and rows, as `consolidate` does). Returns a scalar (0 when no sample has a region).
+    and rows, as `consolidate` does). rows: optional (B, T) weights of the text rows (the
+    maps then (B, heads, T, N)): the attention is their weighted mean, and a sample whose
+    weights are all zero is left out. Returns a scalar (0 when no sample has a region).
     """
-    attention = mean_attention(text_to_image)                                  # (B, N)
+    if rows is None:
+        attention = mean_attention(text_to_image)                              # (B, N)
+        named = torch.ones(region.shape[0], device=region.device)
+    else:
+        share = rows.float() / rows.float().sum(1, keepdim=True).clamp(min=1e-12)   # (B, T)
+        attention = torch.stack([torch.einsum("bhtn,bt->bn", text_to_image[k].float(), share)
+                                 / text_to_image[k].shape[1] for k in sorted(text_to_image)]
+                                ).mean(0)                                       # (B, N)
+        named = (rows.sum(1) > 0).float()
     target = region.float()[:, None]
     if factor > 1:
         target = F.avg_pool2d(target, factor)
@@ -223,7 +241,7 @@ def grounding_loss(text_to_image: dict[int, Tensor], region: Tensor, factor: int
     if target.shape != attention.shape:
         raise ValueError(f"region pools to {tuple(target.shape)}, attention is {tuple(attention.shape)}")
     mass = target.sum(1, keepdim=True)                                         # (B, 1)
-    has = (mass[:, 0] > 0).float()                                             # no host sync
+    has = (mass[:, 0] > 0).float() * named                                    # no host sync
     q = target / mass.clamp(min=1e-12)
     p = attention / attention.sum(1, keepdim=True).clamp(min=1e-12)
     kl = (q * (q.clamp(min=1e-12).log() - p.clamp(min=1e-12).log())).sum(1)    # (B,), 0 without region
@@ -244,7 +262,8 @@ def edit_loss(model: nn.Module, batch: EditBatch, config: ObjectiveConfig,
     probe = None
     if grounded:
         blocks = config.grounding_blocks or default_hold_blocks(model.config.num_blocks)
-        probe = AttentionProbe(tuple(blocks), detach_text=not config.grounding_text_grad)
+        probe = AttentionProbe(tuple(blocks), keep_rows=batch.region_rows is not None,
+                               detach_text=not config.grounding_text_grad)
     out = model(tokens=inputs, text_states=batch.text_states, pooled_text=batch.pooled_text,
                 micro_conds=batch.micro_conds, timestep=timestep,
                 reference_tokens=batch.source_tokens, probe=probe)
@@ -255,7 +274,8 @@ def edit_loss(model: nn.Module, batch: EditBatch, config: ObjectiveConfig,
     loss = (ce * weights).sum()
     grounding = float("nan")
     if grounded:
-        kl = grounding_loss(out.text_to_image, batch.edit_region, model.config.downsample_factor)
+        kl = grounding_loss(out.text_to_image, batch.edit_region, model.config.downsample_factor,
+                            batch.region_rows)
         loss = loss + config.grounding_weight * kl
         grounding = float(kl.detach())
     with torch.no_grad():

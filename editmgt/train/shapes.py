@@ -89,6 +89,9 @@ class ShapesRecipe:
     copy_heads: int = 1                   # heads per double block started as copy heads (train/init.py)
     copy_warmup_steps: int = 200          # first steps: reproduce random token grids (copy_batch)
     kind_repeats: dict = field(default_factory=dict)   # edit kind -> times per epoch (default 1)
+    # text rows the grounding term reads (when objective.grounding_weight > 0): "all", or
+    # "named", the rows of the words that name the edit (colours, shapes, places, backgrounds)
+    grounding_rows: str = "all"
     # optimisation
     steps: int = 2000                     # edit steps, after the copy warm-up (fits 45 min on 2 cores)
     batch_size: int = 32
@@ -104,6 +107,8 @@ class ShapesRecipe:
     def __post_init__(self) -> None:
         if self.targets not in TARGETS:
             raise ValueError(f"unknown targets {self.targets!r}: use vq, snap or canonical")
+        if self.grounding_rows not in ("all", "named"):
+            raise ValueError(f"unknown grounding_rows {self.grounding_rows!r}: use all or named")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -335,6 +340,16 @@ def named_regions(regions: torch.Tensor, texts: Sequence[str], null_prompts: Seq
     return regions * named[:, None, None]
 
 
+def naming_rows(text, texts: Sequence[str]) -> torch.Tensor:
+    """(B, T) float: 1 on the text-stream rows of each instruction's words that name the
+    edit (`data.NAMING_WORDS`), 0 elsewhere; all zero for a null prompt."""
+    rows = torch.zeros(len(texts), text.text_length)
+    for i, prompt in enumerate(texts):
+        for word in set(prompt.split()) & data.NAMING_WORDS:
+            rows[i, text.keyword_rows(prompt, word)] = 1.0
+    return rows
+
+
 def tokens_touching(mask: np.ndarray, factor: int) -> torch.Tensor:
     """(N, H, W) bool pixels -> (N, H/factor, W/factor) bool, True where the token's
     factor x factor patch holds any True pixel."""
@@ -504,7 +519,7 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
     for step in range(total):
         if step < recipe.copy_warmup_steps:
             source, target = copy_batch(used_codes, recipe.batch_size, tuple(src_ids.shape[1:]), gen)
-            texts, objects, regions = [""] * recipe.batch_size, None, None
+            texts, objects, regions, rows = [""] * recipe.batch_size, None, None, None
         else:
             if cursor + recipe.batch_size > n:
                 perm, cursor = epoch[torch.randperm(n, generator=gen)], 0
@@ -513,10 +528,11 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
             source, target, objects = enc.source[index], enc.target[index], enc.objects[index]
             texts = prompts(index)
             regions = named_regions(enc.regions[index], texts, null_prompts)
+            rows = naming_rows(text, texts) if recipe.grounding_rows == "named" else None
         with torch.set_grad_enabled(recipe.train_text):
             emb = text(texts)
         batch = EditBatch(target, source, emb.states, emb.pooled,
-                          micro.expand(source.shape[0], -1), objects, regions)
+                          micro.expand(source.shape[0], -1), objects, regions, rows)
         stats = train_step(model, optimizer, batch, recipe.objective, optim, step, gen)
         window.append(stats)
         if (step + 1) % recipe.log_every == 0 or step == total - 1:
