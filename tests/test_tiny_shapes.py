@@ -152,3 +152,24 @@ def test_eval_command_writes_the_report(tmp_path, capsys):
     lambdas = summary["settings"]["lambdas"]
     sheet = Image.open(tmp_path / "examples.png")
     assert sheet.size == (data.IMAGE_SIZE * (2 + len(lambdas)), data.IMAGE_SIZE * 7)
+
+
+def test_attention_scores_read_the_rows_they_are_given(pipe):
+    """The eval's "paper, naming words" map: the rows of "red", "circle" and "green" only;
+    every row given is the default map."""
+    from editmgt.eval.shapes import attention_scores
+    from editmgt.train.shapes import naming_rows
+
+    triple = fixed_colour_edit()
+    result, _ = edit(pipe, triple)
+    hold = {"paper": tuple(pipe.default_hold_blocks())}
+    args = (pipe, result.edited_tokens, result.source_tokens, triple.instruction, hold, GAMMA,
+            "adaptive", 1.0, data.IMAGE_SIZE)
+    default = attention_scores(*args)["paper"]
+    every = attention_scores(*args, rows=torch.arange(pipe.text.text_length))["paper"]
+    named = naming_rows(pipe.text, [triple.instruction])[0].nonzero()[:, 0]
+    words = attention_scores(*args, rows=named)["paper"]
+    assert len(named) == 3
+    assert default.shape == words.shape == (16, 16)
+    assert np.allclose(default, every, atol=1e-5)
+    assert np.abs(words - default).max() > 0.05

@@ -12,7 +12,10 @@ prints one table:
   out); the VQ round-trip floor of the same pixels is printed beside it;
 - localisation: IoU between the true target mask and the tokens whose consolidated
   attention score is >= lambda (the tokens region-hold lets change), for block ranges
-  "paper" (the 28-36 analogue), "all", "double" and "single", and for the true region
+  "paper" (the 28-36 analogue), "all", "double" and "single"; for the paper range read
+  from the rows of the words that name the edit only ("paper, naming words": colours,
+  shapes, places, backgrounds, the map the pipeline's `keyword` option gives); and for the
+  true region
   itself pooled to the transformer grid and consolidated the same way ("true region
   (ceiling)": what a perfect map can reach at this grid);
 - the Figure 4 analogue: L1 to the source and success against lambda, saved as a plot;
@@ -39,12 +42,14 @@ from PIL import Image
 
 from editmgt.data import shapes as data
 from editmgt.train.objective import ObjectiveConfig
+from editmgt.train.shapes import naming_rows
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_LAMBDAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8)
 IOU_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 CEILING = "true region (ceiling)"  # the IoU rows' name for region_scores
+NAMED = "paper, naming words"      # the paper range's map read from the naming words' rows only
 COLOUR_FRACTION = 0.5        # share of a shape's inner pixels that must have its colour
 ABSENT_FRACTION = 0.2        # at most this share of a removed shape's pixels keep its colour
 SHAPE_IOU = 0.5              # shape-kind check: best-matching kind and IoU >= this
@@ -184,10 +189,12 @@ def block_ranges(num_double: int, num_single: int, paper: Sequence[int]) -> dict
 @torch.inference_mode()
 def attention_scores(pipe, tokens: torch.Tensor, source_tokens: torch.Tensor, instruction: str,
                      ranges: dict[str, tuple[int, ...]], gamma: float, smoothing: str,
-                     strength: float, size: int) -> dict[str, np.ndarray]:
+                     strength: float, size: int, rows: Optional[torch.Tensor] = None
+                     ) -> dict[str, np.ndarray]:
     """Consolidated scores (h, w) on the VQ grid per block range, from one forward pass of
     the conditional branch on the final canvas `tokens` (h, w) (the last sampling step's
-    input), as the pipeline computes them for region-hold."""
+    input), as the pipeline computes them for region-hold; `rows` (R,): only those text
+    rows' attention (the pipeline's keyword map), else all rows."""
     from editmgt.models.transformer import AttentionProbe
     from editmgt.sampling.localization import consolidate
 
@@ -200,7 +207,7 @@ def attention_scores(pipe, tokens: torch.Tensor, source_tokens: torch.Tensor, in
     out = model(tokens[None].to(device), text.states.to(device, dtype), text.pooled.to(device, dtype),
                 micro, torch.zeros(1, dtype=torch.long, device=device),
                 reference_tokens=source_tokens[None].to(device), gamma=gamma,
-                probe=AttentionProbe(blocks=blocks))
+                probe=AttentionProbe(blocks=blocks, rows=rows))
     h, w = tokens.shape
     f = model.config.downsample_factor
     result = {}
@@ -290,13 +297,22 @@ def evaluate(model_dir: str | Path, n: int = 300, seed: int = 0,
         scores = attention_scores(pipe, outs[0].edited_tokens, outs[0].source_tokens, tr.instruction,
                                   ranges, settings.gamma, settings.smoothing,
                                   settings.smoothing_strength, size)
+        named = naming_rows(pipe.text, [tr.instruction])[0].nonzero()[:, 0]
+        if len(named):
+            scores[NAMED] = attention_scores(
+                pipe, outs[0].edited_tokens, outs[0].source_tokens, tr.instruction,
+                {NAMED: ranges["paper"]}, settings.gamma, settings.smoothing,
+                settings.smoothing_strength, size, rows=named)[NAMED]
         scale = size // outs[0].edited_tokens.shape[0]
         scores[CEILING] = region_scores(tr.mask, tuple(outs[0].edited_tokens.shape),
                                         cfg.downsample_factor, settings.smoothing,
                                         settings.smoothing_strength)
         ious = {}
-        for name, s in scores.items():
-            up = np.kron(s, np.ones((scale, scale)))                # token scores on pixels
+        for name in [*ranges, NAMED, CEILING]:
+            if name not in scores:                                  # no naming word: no such map
+                ious[name] = [float("nan")] * len(IOU_THRESHOLDS)
+                continue
+            up = np.kron(scores[name], np.ones((scale, scale)))     # token scores on pixels
             ious[name] = [iou(up >= t, tr.mask) for t in IOU_THRESHOLDS]
         result.records.append({
             "index": i, "kind": tr.kind, "instruction": tr.instruction,
