@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--gamma", type=float, default=1.1, help="reference strength (1 = no bias)")
     edit.add_argument("--seed", type=int, default=None)
     edit.add_argument("--mask", type=Path, default=None, help="white = region to edit")
-    edit.add_argument("--keyword", default=None, help="localise with the rows of this word only")
+    edit.add_argument("--keyword", action="append", default=None,
+                      help="localise with the rows of this word only (repeat for several words)")
     edit.add_argument("--size", type=int, default=None, help="model size: about SIZE x SIZE pixels at the image's aspect (default: the model's resolution)")
     edit.add_argument("--device", default="cpu")
     edit.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")

@@ -146,7 +146,7 @@ class RandomTextConditioner:
             ids.append(torch.randint(0, 1000, (self.text_len,), generator=gen, device=self.device))
         return TextEmbeddings(torch.stack(states).to(self.dtype), torch.stack(pooled).to(self.dtype), torch.stack(ids))
 
-    def keyword_rows(self, prompt: str, keyword: str) -> torch.LongTensor:
+    def keyword_rows(self, prompt: str, keywords) -> torch.LongTensor:
         return torch.arange(1, 3)
 
     def clear_cache(self) -> None:

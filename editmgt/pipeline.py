@@ -24,7 +24,7 @@ from PIL import Image
 from editmgt.errors import InputError
 from editmgt.hub import DEFAULT_SUBFOLDERS, resolve_checkpoint
 from editmgt.images import fit_size, load_image, load_mask, to_tensor
-from editmgt.models.text_encoders import TextConditioner, TextEmbeddings
+from editmgt.models.text_encoders import Keywords, TextConditioner, TextEmbeddings
 from editmgt.models.transformer import AttentionProbe, EditMGTTransformer
 from editmgt.models.vq import VQTokenizer
 from editmgt.sampling.localization import consolidate, default_hold_blocks
@@ -263,7 +263,7 @@ class EditMGTPipeline:
         gamma: float = 1.1,
         hold_lambda: float = 0.0,
         hold_blocks: Optional[Sequence[int]] = None,
-        keyword: Optional[str] = None,
+        keyword: Optional[Keywords] = None,
         smoothing: str = "adaptive",
         smoothing_strength: float = 1.0,
         negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
@@ -272,7 +272,9 @@ class EditMGTPipeline:
         size: Optional[Union[int, tuple[int, int]]] = None,
         callback: Optional[Callable[[StepTrace], None]] = None,
     ) -> EditResult:
-        """Edit `image` as `instruction` says. `hold_lambda` > 0 turns region-hold on."""
+        """Edit `image` as `instruction` says. `hold_lambda` > 0 turns region-hold on; the
+        localisation map reads the text rows of `keyword` (a word of the instruction, or
+        several: the paper's row set M) or, by default, all rows."""
         return self.sweep(
             image,
             instruction,
@@ -302,7 +304,7 @@ class EditMGTPipeline:
         guidance: float = 6.0,
         gamma: float = 1.1,
         hold_blocks: Optional[Sequence[int]] = None,
-        keyword: Optional[str] = None,
+        keyword: Optional[Keywords] = None,
         smoothing: str = "adaptive",
         smoothing_strength: float = 1.0,
         negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,

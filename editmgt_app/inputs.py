@@ -108,3 +108,15 @@ def parse_lambdas(value: Any) -> list[float]:
     if not values or len(values) > 16:
         raise InputError(f"give between 1 and 16 lambdas, got {len(values)}")
     return [check_number("lambda", v, 0.0, 1.0) for v in values]
+
+
+def parse_keywords(text: Any) -> Optional[list[str]]:
+    """The keyword box: one word, or several separated by commas ("red, circle"), -> a list
+    for the pipeline's `keyword`; None when blank. At most 100 characters."""
+    if text is None:
+        return None
+    text = str(text)
+    if len(text) > 100:
+        raise InputError(f"the keyword has {len(text)} characters; the limit is 100")
+    words = [w.strip() for w in text.split(",") if w.strip()]
+    return words or None

@@ -21,7 +21,7 @@ from editmgt.sampling.smoothing import METHODS as SMOOTHING_METHODS
 from editmgt_app import plots
 from editmgt_app.gpu import edit_duration, gpu
 from editmgt_app.inputs import (MAX_PIXELS, MAX_SEED, check_instruction, check_number, load_upload,
-                                parse_lambdas)
+                                parse_keywords, parse_lambdas)
 from editmgt_app.manager import ModelManager, ModelUnavailable, free_memory
 
 logger = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ class EditService:
                negative_prompt, progress: Progress, resolution: int) -> list:
         """One batch for all lambdas; if it does not fit, halves until it does."""
         kwargs = dict(steps=settings["steps"], guidance=settings["guidance"], gamma=settings["gamma"],
-                      hold_blocks=hold_blocks, keyword=keyword or None, smoothing=settings["smoothing"],
+                      hold_blocks=hold_blocks, keyword=keyword, smoothing=settings["smoothing"],
                       smoothing_strength=settings["smoothing_strength"], seed=settings["seed"], mask=mask)
         if negative_prompt:
             kwargs["negative_prompt"] = negative_prompt
@@ -212,8 +212,7 @@ class EditService:
         upload = load_upload(image, max_pixels=self.max_pixels)
         instruction = check_instruction(instruction)
         settings = self._settings(entry, steps, guidance, gamma, hold_lambda, smoothing, smoothing_strength, seed)
-        if keyword is not None and len(str(keyword)) > 100:
-            raise InputError(f"the keyword has {len(str(keyword))} characters; the limit is 100")
+        keyword = parse_keywords(keyword)
         if mask_fn is not None:
             mask = mask_fn(upload.image.size)
         if entry.task != "edit" and not (entry.masked_edit and mask is not None):

@@ -225,8 +225,8 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
                                 hold_first = gr.Number(value=first0, precision=0,
                                                        label="Hold blocks: first (blank = model default)")
                                 hold_last = gr.Number(value=last0, precision=0, label="Hold blocks: last")
-                            keyword = gr.Textbox(label="Keyword for localisation (optional)",
-                                                 placeholder="cat")
+                            keyword = gr.Textbox(label="Keywords for localisation (optional, comma-separated)",
+                                                 placeholder="cat, hat")
                             with gr.Row():
                                 smoothing = gr.Dropdown(list(SMOOTHING_CHOICES), value=d0.smoothing,
                                                         label="Smoothing")

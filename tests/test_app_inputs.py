@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from editmgt.errors import InputError
-from editmgt_app.inputs import check_number, mask_from_editor, parse_lambdas
+from editmgt_app.inputs import check_number, mask_from_editor, parse_keywords, parse_lambdas
 from editmgt_app.plots import heatmap_overlay, lambda_curve
 
 
@@ -36,6 +36,14 @@ def test_lambdas_and_numbers():
         parse_lambdas("a, b")
     with pytest.raises(InputError, match="steps must be an integer"):
         check_number("steps", True, 1, 10, integer=True)
+
+
+def test_keywords_box_splits_on_commas():
+    assert parse_keywords(" red, circle ,, ") == ["red", "circle"]
+    assert parse_keywords("birthday hat") == ["birthday hat"]
+    assert parse_keywords("  ") is None and parse_keywords(None) is None
+    with pytest.raises(InputError, match="101 characters; the limit is 100"):
+        parse_keywords("x" * 101)
 
 
 def test_heatmap_outlines_the_held_region_and_curve_renders():

@@ -142,6 +142,19 @@ def test_keyword_rows_every_occurrence_and_errors(text: TextConditioner) -> None
         text.keyword_rows(long_prompt, "owl")
 
 
+def test_several_keywords_give_the_union_of_their_rows(text: TextConditioner) -> None:
+    prompt = "make the red circle blue"
+    red, circle = text.keyword_rows(prompt, "red"), text.keyword_rows(prompt, "circle")
+    both = text.keyword_rows(prompt, ["circle", "red"])
+    assert both.tolist() == sorted(red.tolist() + circle.tolist())
+    assert _spelled(text, prompt, both) == "red circle"
+    assert text.keyword_rows(prompt, ["red", "red"]).tolist() == red.tolist()
+    with pytest.raises(InputError, match="'green' does not occur"):
+        text.keyword_rows(prompt, ["red", "green"])
+    with pytest.raises(InputError, match="at least one keyword"):
+        text.keyword_rows(prompt, [])
+
+
 def test_pickle_only_llm_encoder_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
     folder = tmp_path / "llm_encoder"
     shutil.copytree(tiny_checkpoint / "llm_encoder", folder)

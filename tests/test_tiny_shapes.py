@@ -173,3 +173,32 @@ def test_attention_scores_read_the_rows_they_are_given(pipe):
     assert default.shape == words.shape == (16, 16)
     assert np.allclose(default, every, atol=1e-5)
     assert np.abs(words - default).max() > 0.05
+
+
+def test_region_hold_reads_the_keywords_it_is_given(pipe):
+    """Several keywords: one map from the union of their rows (order does not matter), not
+    the all-row map, so region-hold holds other tokens."""
+    triple = fixed_colour_edit()
+    plain, _ = edit(pipe, triple, hold_lambda=0.5)
+    words, _ = edit(pipe, triple, hold_lambda=0.5, keyword=["red", "circle", "green"])
+    again, _ = edit(pipe, triple, hold_lambda=0.5, keyword=["green", "circle", "red"])
+    assert torch.equal(words.attention_grid, again.attention_grid)
+    assert (words.attention_grid - plain.attention_grid).abs().max() > 0.05
+    assert not torch.equal(words.held_mask, plain.held_mask)
+    assert 0 < words.held_mask.sum() < words.held_mask.numel()
+
+
+def test_eval_hold_rows_change_the_hold_not_the_unheld_edit(pipe):
+    """`hold_rows="naming"`: lambda 0 (no hold) edits exactly as with all rows; a lambda
+    above 0 holds a different set of tokens."""
+    from editmgt.eval.shapes import evaluate
+
+    runs = {rows: evaluate(CHECKPOINT, n=4, seed=0, pipe=pipe,
+                           settings=EvalSettings(steps=4, lambdas=(0.0, 0.3), hold_rows=rows))
+            for rows in ("all", "naming")}
+    every, named = runs["all"].records, runs["naming"].records
+    assert [r["l1"][0] for r in every] == [r["l1"][0] for r in named]
+    assert [r["changed"][1] for r in every] != [r["changed"][1] for r in named]
+    assert runs["naming"].summary["hold_rows"] == "naming"
+    with pytest.raises(ValueError, match="unknown hold_rows"):
+        EvalSettings(hold_rows="verbs")

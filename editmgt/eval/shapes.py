@@ -18,6 +18,8 @@ prints one table:
   true region
   itself pooled to the transformer grid and consolidated the same way ("true region
   (ceiling)": what a perfect map can reach at this grid);
+- region-hold reads all text rows by default; `--hold-rows naming` makes it read the words
+  that name the edit (the paper's keyword set M of Eq. 3), the "paper, naming words" map;
 - the Figure 4 analogue: L1 to the source and success against lambda, saved as a plot;
 - others kept: the share of edits whose untouched shapes all survive (`has_shape`), among
   the edits whose scene has shapes the instruction does not name (style edits left out);
@@ -42,7 +44,7 @@ from PIL import Image
 
 from editmgt.data import shapes as data
 from editmgt.train.objective import ObjectiveConfig
-from editmgt.train.shapes import naming_rows
+from editmgt.train.shapes import naming_rows, naming_words
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ DEFAULT_LAMBDAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8)
 IOU_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 CEILING = "true region (ceiling)"  # the IoU rows' name for region_scores
 NAMED = "paper, naming words"      # the paper range's map read from the naming words' rows only
+HOLD_ROWS = ("all", "naming")      # EvalSettings.hold_rows
 COLOUR_FRACTION = 0.5        # share of a shape's inner pixels that must have its colour
 ABSENT_FRACTION = 0.2        # at most this share of a removed shape's pixels keep its colour
 SHAPE_IOU = 0.5              # shape-kind check: best-matching kind and IoU >= this
@@ -254,6 +257,14 @@ class EvalSettings:
     smoothing_strength: float = 1.0
     negative_prompt: str = ""
     lambdas: tuple[float, ...] = DEFAULT_LAMBDAS
+    # the text rows region-hold's map reads: "all", or "naming", the instruction's words that
+    # name the edit (colours, shapes, places, backgrounds), the paper's keyword set M (Eq. 3);
+    # an instruction without such words falls back to all rows
+    hold_rows: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.hold_rows not in HOLD_ROWS:
+            raise ValueError(f"unknown hold_rows {self.hold_rows!r}: use one of {HOLD_ROWS}")
 
 
 @dataclass
@@ -286,8 +297,9 @@ def evaluate(model_dir: str | Path, n: int = 300, seed: int = 0,
     t0 = time.time()
     for i in range(n):
         tr = data.make_triple(seed, i, split)
+        keywords = naming_words(tr.instruction) if settings.hold_rows == "naming" else []
         outs = pipe.sweep(Image.fromarray(tr.source), tr.instruction, lambdas, steps=settings.steps,
-                          guidance=settings.guidance, gamma=settings.gamma,
+                          guidance=settings.guidance, gamma=settings.gamma, keyword=keywords or None,
                           smoothing=settings.smoothing, smoothing_strength=settings.smoothing_strength,
                           negative_prompt=settings.negative_prompt, seed=seed * 1_000_003 + i,
                           size=size)
@@ -332,6 +344,7 @@ def evaluate(model_dir: str | Path, n: int = 300, seed: int = 0,
             logger.info("%d/%d edits (%.0fs)", i + 1, n, time.time() - t0)
     result.summary = summarise(result.records, lambdas)
     result.summary["split"] = split
+    result.summary["hold_rows"] = settings.hold_rows
     result.summary["seconds"] = round(time.time() - t0, 1)
     return result
 
@@ -379,6 +392,8 @@ def format_table(summary: dict) -> str:
     for k, v in summary["success_by_kind"].items():
         lines.append(f"| {k} | {summary['count_by_kind'][k]} | {100 * v:.1f} % |")
     lines.append(f"| **overall** | {summary['n']} | **{100 * summary['success'][0]:.1f} %** |")
+    rows = "the words naming the edit" if summary.get("hold_rows") == "naming" else "all text rows"
+    lines += ["", f"region-hold reads the paper range's map from {rows}"]
     lines += ["", f"| lambda | success | others kept | leakage (L1 outside region) | L1 to source "
               "| tokens changed |", "|---|---|---|---|---|---|"]
     for j, lam in enumerate(summary["lambdas"]):
@@ -451,6 +466,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--guidance", type=float, default=defaults.guidance)
     parser.add_argument("--gamma", type=float, default=defaults.gamma)
+    parser.add_argument("--hold-rows", choices=HOLD_ROWS, default=defaults.hold_rows,
+                        help="text rows region-hold reads: all, or the words naming the edit")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--split", choices=data.SPLITS, default="eval",
                         help="eval: held-out scenes and phrasings (the report); train: training "
@@ -459,7 +476,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = EvalSettings(steps=args.steps, guidance=args.guidance, gamma=args.gamma)
+    settings = EvalSettings(steps=args.steps, guidance=args.guidance, gamma=args.gamma,
+                            hold_rows=args.hold_rows)
     result = evaluate(args.model, args.n, args.seed, settings, save_examples=args.out / "examples",
                       split=args.split)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -81,11 +81,18 @@ def _keyword_spans(prompt: str, keyword: str) -> list[tuple[int, int]]:
     return spans
 
 
-def keyword_rows(tokenizer, prompt: str, keyword: str, max_length: int) -> torch.LongTensor:
-    """(R,) positions, in the padded sequence the encoder sees, of the tokens that spell
-    `keyword` (every occurrence). Special tokens (BOS, EOS, padding) are never returned; a
-    sub-word piece counts when its characters overlap the keyword."""
-    spans = _keyword_spans(prompt, keyword)
+Keywords = Union[str, Sequence[str]]
+
+
+def keyword_rows(tokenizer, prompt: str, keywords: Keywords, max_length: int) -> torch.LongTensor:
+    """(R,) sorted positions, in the padded sequence the encoder sees, of the tokens that spell
+    any of `keywords` (one word or phrase, or several: the paper's row set M of Eq. 3; every
+    occurrence). Special tokens (BOS, EOS, padding) are never returned; a sub-word piece
+    counts when its characters overlap a keyword. InputError when a keyword is missing."""
+    keywords = [keywords] if isinstance(keywords, str) else list(keywords)
+    if not keywords:
+        raise InputError("give at least one keyword")
+    spans = {keyword: _keyword_spans(prompt, keyword) for keyword in keywords}
     encoding = tokenizer(
         prompt,
         padding="max_length",
@@ -94,17 +101,21 @@ def keyword_rows(tokenizer, prompt: str, keyword: str, max_length: int) -> torch
         return_offsets_mapping=True,
         return_special_tokens_mask=True,
     )
-    rows = []
-    for i, ((start, end), special) in enumerate(zip(encoding["offset_mapping"], encoding["special_tokens_mask"])):
-        if special or end <= start:
-            continue
-        if any(start < k_end and end > k_start for k_start, k_end in spans):
-            rows.append(i)
-    if not rows:
-        raise InputError(
-            f"the keyword {keyword!r} lies beyond the first {max_length} text tokens of the instruction"
-        )
-    return torch.tensor(rows, dtype=torch.long)
+    rows: set[int] = set()
+    for keyword, keyword_spans in spans.items():
+        found = [
+            i
+            for i, ((start, end), special) in enumerate(
+                zip(encoding["offset_mapping"], encoding["special_tokens_mask"])
+            )
+            if not special and end > start and any(start < k_end and end > k_start for k_start, k_end in keyword_spans)
+        ]
+        if not found:
+            raise InputError(
+                f"the keyword {keyword!r} lies beyond the first {max_length} text tokens of the instruction"
+            )
+        rows.update(found)
+    return torch.tensor(sorted(rows), dtype=torch.long)
 
 
 def _device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -168,8 +179,8 @@ class ClipPooledEncoder(nn.Module):
         out = self.model(input_ids=ids, output_hidden_states=True, return_dict=True)
         return ClipOutput(pooled=out.text_embeds, hidden=out.hidden_states[PENULTIMATE], token_ids=ids)
 
-    def keyword_rows(self, prompt: str, keyword: str) -> torch.LongTensor:
-        return keyword_rows(self.tokenizer, prompt, keyword, self.max_length)
+    def keyword_rows(self, prompt: str, keywords: Keywords) -> torch.LongTensor:
+        return keyword_rows(self.tokenizer, prompt, keywords, self.max_length)
 
 
 # ---------------------------------------------------------------------- Gemma2
@@ -237,8 +248,8 @@ class Gemma2HiddenStates(nn.Module):
         out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, return_dict=True)
         return Gemma2Output(states=out.hidden_states[self.hidden_layer], token_ids=ids)
 
-    def keyword_rows(self, prompt: str, keyword: str) -> torch.LongTensor:
-        return keyword_rows(self.tokenizer, prompt, keyword, self.max_length)
+    def keyword_rows(self, prompt: str, keywords: Keywords) -> torch.LongTensor:
+        return keyword_rows(self.tokenizer, prompt, keywords, self.max_length)
 
 
 # ---------------------------------------------------------------------- combined
@@ -344,10 +355,11 @@ class TextConditioner(nn.Module):
             torch.stack([r[2] for r in rows]).to(device),
         )
 
-    def keyword_rows(self, prompt: str, keyword: str) -> torch.LongTensor:
-        """(R,) text-stream rows of `prompt` that spell `keyword`; InputError if it is absent."""
+    def keyword_rows(self, prompt: str, keywords: Keywords) -> torch.LongTensor:
+        """(R,) text-stream rows of `prompt` that spell any of `keywords` (a word, or several);
+        InputError if one is absent."""
         stream = self.llm if self.llm is not None else self.clip
-        return stream.keyword_rows(prompt, keyword)
+        return stream.keyword_rows(prompt, keywords)
 
     def quantize_8bit(self, threshold: float = 6.0) -> list:
         """Swap the encoders' linear layers to int8 (bitsandbytes); clears the cache."""

@@ -345,9 +345,15 @@ def naming_rows(text, texts: Sequence[str]) -> torch.Tensor:
     edit (`data.NAMING_WORDS`), 0 elsewhere; all zero for a null prompt."""
     rows = torch.zeros(len(texts), text.text_length)
     for i, prompt in enumerate(texts):
-        for word in set(prompt.split()) & data.NAMING_WORDS:
-            rows[i, text.keyword_rows(prompt, word)] = 1.0
+        words = naming_words(prompt)
+        if words:
+            rows[i, text.keyword_rows(prompt, words)] = 1.0
     return rows
+
+
+def naming_words(prompt: str) -> list[str]:
+    """The words of `prompt` that name the edit (`data.NAMING_WORDS`), sorted; [] for none."""
+    return sorted(set(prompt.split()) & data.NAMING_WORDS)
 
 
 def tokens_touching(mask: np.ndarray, factor: int) -> torch.Tensor:
