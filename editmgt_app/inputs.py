@@ -120,3 +120,17 @@ def parse_keywords(text: Any) -> Optional[list[str]]:
         raise InputError(f"the keyword has {len(text)} characters; the limit is 100")
     words = [w.strip() for w in text.split(",") if w.strip()]
     return words or None
+
+
+def parse_block(value: Any, name: str) -> Any:
+    """A hold-block box of the page: blank (or None) -> None, the model's default; text ->
+    its number (the range is checked where the model is known)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            raise InputError(f"{name} must be a block number, or blank for the model's default; "
+                             f"got {value!r}") from None
+    return value

@@ -231,7 +231,8 @@ class EditService:
         scores = result.attention_map.float().numpy() if result.attention_map is not None else None
         heat = plots.heatmap_overlay(upload.image, scores, held, min_side=HEATMAP_MIN_SIDE) if scores is not None else upload.image
         info = self._info(entry, result, settings, seconds, upload.notes, load_8bit)
-        info["hold_blocks"] = [hold_blocks[0], hold_blocks[-1]] if hold_blocks else "model default"
+        used = hold_blocks or tuple(pipe.default_hold_blocks())
+        info["hold_blocks"] = [used[0], used[-1]]
         out = EditOutput(upload.image, result.image, heat, info)
         if sweep:
             by_lambda = sorted(results, key=lambda r: r.hold_lambda)

@@ -12,13 +12,13 @@ import functools
 import json
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import gradio as gr
 from PIL import Image
 
 from editmgt.errors import InputError
-from editmgt_app.inputs import MAX_INSTRUCTION_CHARS, mask_from_editor, parse_lambdas
+from editmgt_app.inputs import MAX_INSTRUCTION_CHARS, mask_from_editor, parse_block, parse_lambdas
 from editmgt_app.manager import ModelLoadError, ModelUnavailable
 from editmgt_app.service import DEFAULT_SWEEP, MAX_STEPS, SMOOTHING_CHOICES, EditService, OutOfMemory
 
@@ -84,6 +84,11 @@ def load_examples() -> list[dict]:
         if path.is_file():
             examples += [dict(e, path=str(path.parent / e["file"])) for e in json.loads(path.read_text())]
     return examples
+
+
+def _block_texts(hold_blocks: Optional[Sequence[int]]) -> tuple[str, str]:
+    """A model's default hold blocks as the page's two boxes ("" = the pipeline's default)."""
+    return (str(hold_blocks[0]), str(hold_blocks[-1])) if hold_blocks else ("", "")
 
 
 def _opt(value: Any) -> Any:
@@ -156,7 +161,7 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
 
     def on_model_change(model_id: str):
         d = zoo[model_id].defaults
-        first, last = d.hold_blocks if d.hold_blocks else (None, None)
+        first, last = _block_texts(d.hold_blocks)
         return (gr.update(value=d.steps), gr.update(value=d.guidance), gr.update(value=d.gamma),
                 gr.update(value=d.hold_lambda), gr.update(value=first), gr.update(value=last),
                 gr.update(value=d.smoothing), gr.update(value=d.smoothing_strength), status_markdown(model_id))
@@ -173,7 +178,8 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
         sweep = parse_lambdas(grid) if run_sweep else None
         out = service.edit(
             image, instruction, model, steps=steps, guidance=guidance, gamma=gamma, hold_lambda=hold_lambda,
-            hold_first=_opt(hold_first), hold_last=_opt(hold_last), keyword=_opt(keyword), smoothing=smoothing,
+            hold_first=parse_block(hold_first, "hold blocks (first)"),
+            hold_last=parse_block(hold_last, "hold blocks (last)"), keyword=_opt(keyword), smoothing=smoothing,
             smoothing_strength=smoothing_strength, negative_prompt=_opt(negative_prompt),
             seed=None if randomize else seed, mask_fn=lambda size: mask_from_editor(mask_value, size),
             load_8bit=bool(load_8bit), sweep=sweep, progress=_progress_fn(progress))
@@ -221,10 +227,12 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
                             hold_lambda = gr.Slider(0.0, 1.0, value=d0.hold_lambda, step=0.01,
                                                     label="Lambda (region-hold threshold; 0 = off)")
                             with gr.Row():
-                                first0, last0 = d0.hold_blocks if d0.hold_blocks else (None, None)
-                                hold_first = gr.Number(value=first0, precision=0,
-                                                       label="Hold blocks: first (blank = model default)")
-                                hold_last = gr.Number(value=last0, precision=0, label="Hold blocks: last")
+                                # text boxes: a blank gr.Number shows and sends 0 (block 0), not "default"
+                                first0, last0 = _block_texts(d0.hold_blocks)
+                                hold_first = gr.Textbox(value=first0, placeholder="model default",
+                                                        label="Hold blocks: first (blank = model default)")
+                                hold_last = gr.Textbox(value=last0, placeholder="model default",
+                                                       label="Hold blocks: last")
                             keyword = gr.Textbox(label="Keywords for localisation (optional, comma-separated)",
                                                  placeholder="cat, hat")
                             with gr.Row():

@@ -47,6 +47,10 @@ def test_edit_in_the_browser(url, tmp_path):
             page.locator("#source-image input[type=file]").set_input_files(str(ROOT / "examples" / "chelsea.png"))
             _image_loaded(page, "#source-image img")
             page.locator("#instruction textarea").fill("make the cat black")
+            page.get_by_text("Advanced").first.click()
+            # blank hold-block boxes mean the model's default (a blank number box would send block 0)
+            assert page.get_by_label("Hold blocks: first (blank = model default)").first.input_value() == ""
+            assert page.get_by_label("Hold blocks: last").first.input_value() == ""
             page.locator("#run-edit").click()
             _image_loaded(page, "#edit-output img")
             _image_loaded(page, "#heatmap img")

@@ -3,6 +3,7 @@ endpoint, the bad-input list (specific errors, the app keeps serving), 8 concurr
 
 from __future__ import annotations
 
+import json
 import shutil
 import struct
 import threading
@@ -17,6 +18,8 @@ from PIL import Image
 gr = pytest.importorskip("gradio")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
+
+from editmgt.sampling.localization import default_hold_blocks  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "coffee.jpg"
@@ -130,7 +133,7 @@ def test_api_lists_named_endpoints_with_optional_parameters(app):
     assert all(p["parameter_default"] is None for p in params[3:] if p["parameter_name"] != "load_8bit")
 
 
-def test_edit_returns_png_heatmap_and_info(app):
+def test_edit_returns_png_heatmap_and_info(app, tiny_checkpoint):
     client, _ = app
     edited, heat, info = edit(client, EXAMPLE, seed=7, hold_lambda=0.5)
     for path in (edited, heat):
@@ -149,6 +152,10 @@ def test_edit_returns_png_heatmap_and_info(app):
     # the model's defaults fill what is not given; a random seed is returned
     _, _, info = edit(client, EXAMPLE)
     assert info["lambda"] == 0.3 and isinstance(info["seed"], int)
+    # no hold blocks given, none in the zoo entry: the pipeline's default range, reported
+    config = json.loads((tiny_checkpoint / "editmgt" / "config.json").read_text())
+    blocks = default_hold_blocks(config["num_layers"] + config["num_single_layers"])
+    assert info["hold_blocks"] == [blocks[0], blocks[-1]]
 
 
 def test_edit_with_mask_and_settings(app, files):

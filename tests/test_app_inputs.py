@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from editmgt.errors import InputError
-from editmgt_app.inputs import check_number, mask_from_editor, parse_keywords, parse_lambdas
+from editmgt_app.inputs import check_number, mask_from_editor, parse_block, parse_keywords, parse_lambdas
 from editmgt_app.plots import heatmap_overlay, lambda_curve
 
 
@@ -44,6 +44,14 @@ def test_keywords_box_splits_on_commas():
     assert parse_keywords("  ") is None and parse_keywords(None) is None
     with pytest.raises(InputError, match="101 characters; the limit is 100"):
         parse_keywords("x" * 101)
+
+
+def test_hold_block_boxes_blank_means_the_model_default():
+    assert parse_block("", "first") is None and parse_block("  ", "first") is None
+    assert parse_block(None, "first") is None
+    assert parse_block(" 4 ", "first") == 4 and parse_block(5, "first") == 5
+    with pytest.raises(InputError, match="first must be a block number, or blank"):
+        parse_block("four", "first")
 
 
 def test_heatmap_outlines_the_held_region_and_curve_renders():
