@@ -18,8 +18,9 @@ prints one table:
   true region
   itself pooled to the transformer grid and consolidated the same way ("true region
   (ceiling)": what a perfect map can reach at this grid);
-- region-hold reads all text rows by default; `--hold-rows naming` makes it read the words
-  that name the edit (the paper's keyword set M of Eq. 3), the "paper, naming words" map;
+- region-hold reads the paper range's map from the words that name the edit (the paper's
+  keyword set M of Eq. 3, the "paper, naming words" map, the one the shapes recipe
+  trains); `--hold-rows all` makes it read every text row;
 - the Figure 4 analogue: L1 to the source and success against lambda, saved as a plot;
 - others kept: the share of edits whose untouched shapes all survive (`has_shape`), among
   the edits whose scene has shapes the instruction does not name (style edits left out);
@@ -257,10 +258,11 @@ class EvalSettings:
     smoothing_strength: float = 1.0
     negative_prompt: str = ""
     lambdas: tuple[float, ...] = DEFAULT_LAMBDAS
-    # the text rows region-hold's map reads: "all", or "naming", the instruction's words that
-    # name the edit (colours, shapes, places, backgrounds), the paper's keyword set M (Eq. 3);
-    # an instruction without such words falls back to all rows
-    hold_rows: str = "all"
+    # the text rows region-hold's map reads: "naming", the instruction's words that name the
+    # edit (colours, shapes, places, backgrounds: the paper's keyword set M of Eq. 3, and the
+    # rows the shapes recipe grounds), or "all"; an instruction without naming words falls
+    # back to all rows
+    hold_rows: str = "naming"
 
     def __post_init__(self) -> None:
         if self.hold_rows not in HOLD_ROWS:
