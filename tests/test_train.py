@@ -330,7 +330,7 @@ def test_naming_rows_mark_the_words_that_name_the_edit():
     from pathlib import Path
 
     from editmgt.models.text_encoders import TextConditioner
-    from editmgt.train.shapes import ShapesRecipe, naming_rows
+    from editmgt.train.shapes import ShapesRecipe, locating_words, naming_rows, naming_words
 
     root = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-shapes"
     text = TextConditioner.from_pretrained(root, cache_size=0)
@@ -343,6 +343,14 @@ def test_naming_rows_mark_the_words_that_name_the_edit():
     assert rows.sum(1).tolist() == [3.0, 0.0, 1.0, 2.0]        # null prompt: no rows
     with pytest.raises(ValueError, match="grounding_rows"):
         ShapesRecipe(grounding_rows="verbs")
+    # the locating words leave out what to draw: the new colour of a colour change, the new
+    # kind of a replacement; everything else is as named
+    located = naming_rows(text, prompts, locating_words)
+    assert located.sum(1).tolist() == [2.0, 0.0, 1.0, 2.0]
+    assert torch.equal(located[1:], rows[1:]) and (located[0] <= rows[0]).all()
+    assert locating_words("swap the purple star for a triangle") == ["purple", "star"]
+    assert locating_words("add a purple circle at the bottom right") == naming_words(
+        "add a purple circle at the bottom right")
 
 
 def test_vq_trainer_learns_and_round_trips():

@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -89,8 +89,9 @@ class ShapesRecipe:
     copy_heads: int = 1                   # heads per double block started as copy heads (train/init.py)
     copy_warmup_steps: int = 200          # first steps: reproduce random token grids (copy_batch)
     kind_repeats: dict = field(default_factory=dict)   # edit kind -> times per epoch (default 1)
-    # text rows the grounding term reads (when objective.grounding_weight > 0): "all", or
-    # "named", the rows of the words that name the edit (colours, shapes, places, backgrounds)
+    # text rows the grounding term reads (when objective.grounding_weight > 0): "all";
+    # "named", the rows of the words that name the edit (colours, shapes, places, backgrounds);
+    # or "locating", those less the target colour or kind (`locating_words`)
     grounding_rows: str = "named"
     # optimisation
     steps: int = 2000                     # edit steps, after the copy warm-up (fits 45 min on 2 cores)
@@ -107,8 +108,8 @@ class ShapesRecipe:
     def __post_init__(self) -> None:
         if self.targets not in TARGETS:
             raise ValueError(f"unknown targets {self.targets!r}: use vq, snap or canonical")
-        if self.grounding_rows not in ("all", "named"):
-            raise ValueError(f"unknown grounding_rows {self.grounding_rows!r}: use all or named")
+        if self.grounding_rows not in ("all", "named", "locating"):
+            raise ValueError(f"unknown grounding_rows {self.grounding_rows!r}: use all, named or locating")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -340,12 +341,14 @@ def named_regions(regions: torch.Tensor, texts: Sequence[str], null_prompts: Seq
     return regions * named[:, None, None]
 
 
-def naming_rows(text, texts: Sequence[str]) -> torch.Tensor:
+def naming_rows(text, texts: Sequence[str],
+                words_of: Optional[Callable[[str], list[str]]] = None) -> torch.Tensor:
     """(B, T) float: 1 on the text-stream rows of each instruction's words that name the
-    edit (`data.NAMING_WORDS`), 0 elsewhere; all zero for a null prompt."""
+    edit (`words_of`, default `naming_words`), 0 elsewhere; all zero for a null prompt."""
+    words_of = words_of or naming_words
     rows = torch.zeros(len(texts), text.text_length)
     for i, prompt in enumerate(texts):
-        words = naming_words(prompt)
+        words = words_of(prompt)
         if words:
             rows[i, text.keyword_rows(prompt, words)] = 1.0
     return rows
@@ -354,6 +357,27 @@ def naming_rows(text, texts: Sequence[str]) -> torch.Tensor:
 def naming_words(prompt: str) -> list[str]:
     """The words of `prompt` that name the edit (`data.NAMING_WORDS`), sorted; [] for none."""
     return sorted(set(prompt.split()) & data.NAMING_WORDS)
+
+
+def locating_words(prompt: str) -> list[str]:
+    """The naming words that find the edit, not those that say what to draw: a shape colour
+    or kind after the first of its category ("make the red circle *blue*", "swap the purple
+    star for a *triangle*") is left out. Sorted; [] for none."""
+    kept, seen = set(), set()
+    for word in prompt.split():
+        category = ("colour" if word in data.SHAPE_COLOURS else
+                    "kind" if word in data.SHAPE_KINDS else None)
+        if category in seen:
+            continue
+        if category:
+            seen.add(category)
+        if word in data.NAMING_WORDS:
+            kept.add(word)
+    return sorted(kept)
+
+
+# ShapesRecipe.grounding_rows -> the words whose rows the grounding term reads ("all": every row)
+GROUNDING_WORDS: dict[str, Callable[[str], list[str]]] = {"named": naming_words, "locating": locating_words}
 
 
 def tokens_touching(mask: np.ndarray, factor: int) -> torch.Tensor:
@@ -534,7 +558,8 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
             source, target, objects = enc.source[index], enc.target[index], enc.objects[index]
             texts = prompts(index)
             regions = named_regions(enc.regions[index], texts, null_prompts)
-            rows = naming_rows(text, texts) if recipe.grounding_rows == "named" else None
+            rows = (naming_rows(text, texts, GROUNDING_WORDS[recipe.grounding_rows])
+                    if recipe.grounding_rows in GROUNDING_WORDS else None)
         with torch.set_grad_enabled(recipe.train_text):
             emb = text(texts)
         batch = EditBatch(target, source, emb.states, emb.pooled,
