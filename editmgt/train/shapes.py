@@ -558,8 +558,8 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
             source, target, objects = enc.source[index], enc.target[index], enc.objects[index]
             texts = prompts(index)
             regions = named_regions(enc.regions[index], texts, null_prompts)
-            rows = (naming_rows(text, texts, GROUNDING_WORDS[recipe.grounding_rows])
-                    if recipe.grounding_rows in GROUNDING_WORDS else None)
+            grounded_rows = recipe.objective.grounding_weight > 0 and recipe.grounding_rows in GROUNDING_WORDS
+            rows = naming_rows(text, texts, GROUNDING_WORDS[recipe.grounding_rows]) if grounded_rows else None
         with torch.set_grad_enabled(recipe.train_text):
             emb = text(texts)
         batch = EditBatch(target, source, emb.states, emb.pooled,
