@@ -45,7 +45,7 @@ from PIL import Image
 
 from editmgt.data import shapes as data
 from editmgt.train.objective import ObjectiveConfig
-from editmgt.train.shapes import naming_rows, naming_words
+from editmgt.train.shapes import naming_words
 
 logger = logging.getLogger(__name__)
 
@@ -299,9 +299,10 @@ def evaluate(model_dir: str | Path, n: int = 300, seed: int = 0,
     t0 = time.time()
     for i in range(n):
         tr = data.make_triple(seed, i, split)
-        keywords = naming_words(tr.instruction) if settings.hold_rows == "naming" else []
+        words = naming_words(tr.instruction)                        # the edit's keyword set M
+        hold_words = words if settings.hold_rows == "naming" and words else None
         outs = pipe.sweep(Image.fromarray(tr.source), tr.instruction, lambdas, steps=settings.steps,
-                          guidance=settings.guidance, gamma=settings.gamma, keyword=keywords or None,
+                          guidance=settings.guidance, gamma=settings.gamma, keyword=hold_words,
                           smoothing=settings.smoothing, smoothing_strength=settings.smoothing_strength,
                           negative_prompt=settings.negative_prompt, seed=seed * 1_000_003 + i,
                           size=size)
@@ -311,8 +312,8 @@ def evaluate(model_dir: str | Path, n: int = 300, seed: int = 0,
         scores = attention_scores(pipe, outs[0].edited_tokens, outs[0].source_tokens, tr.instruction,
                                   ranges, settings.gamma, settings.smoothing,
                                   settings.smoothing_strength, size)
-        named = naming_rows(pipe.text, [tr.instruction])[0].nonzero()[:, 0]
-        if len(named):
+        if words:
+            named = pipe.text.keyword_rows(tr.instruction, words)
             scores[NAMED] = attention_scores(
                 pipe, outs[0].edited_tokens, outs[0].source_tokens, tr.instruction,
                 {NAMED: ranges["paper"]}, settings.gamma, settings.smoothing,
