@@ -353,6 +353,20 @@ def test_naming_rows_mark_the_words_that_name_the_edit():
         "add a purple circle at the bottom right")
 
 
+def test_shapes_command_line_overrides_the_recipe():
+    from editmgt.train.shapes import ShapesRecipe, build_parser, recipe_from_args
+
+    parse = build_parser().parse_args
+    default = recipe_from_args(parse(["--out", "x"]))
+    assert default.to_dict() == ShapesRecipe().to_dict()
+    changed = recipe_from_args(parse(["--out", "x", "--grounding-rows", "locating",
+                                      "--grounding-weight", "0", "--steps", "7"]))
+    assert (changed.grounding_rows, changed.objective.grounding_weight, changed.steps) == ("locating", 0.0, 7)
+    assert ShapesRecipe().objective.grounding_weight > 0       # the override did not leak into the defaults
+    with pytest.raises(SystemExit):
+        parse(["--out", "x", "--grounding-rows", "verbs"])
+
+
 def test_vq_trainer_learns_and_round_trips():
     torch.set_num_threads(1)
     colours = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.2, 0.9], [0.9, 0.9, 0.9]])

@@ -50,6 +50,7 @@ NEGATIVE_PROMPT = (
     "text, jpeg artifacts, signature, sketch, duplicate, ugly, identifying mark"
 )  # the pipeline's default negative prompt: trained as a null prompt too
 TARGETS = ("vq", "snap", "canonical")   # ShapesRecipe.targets choices
+GROUNDING_ROWS = ("all", "named", "locating")   # ShapesRecipe.grounding_rows choices
 TEXT_LENGTH = 32             # Gemma2 rows: the tokenizer's model_max_length caps the stream
 
 
@@ -108,8 +109,8 @@ class ShapesRecipe:
     def __post_init__(self) -> None:
         if self.targets not in TARGETS:
             raise ValueError(f"unknown targets {self.targets!r}: use vq, snap or canonical")
-        if self.grounding_rows not in ("all", "named", "locating"):
-            raise ValueError(f"unknown grounding_rows {self.grounding_rows!r}: use all, named or locating")
+        if self.grounding_rows not in GROUNDING_ROWS:
+            raise ValueError(f"unknown grounding_rows {self.grounding_rows!r}: use {', '.join(GROUNDING_ROWS)}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -594,7 +595,7 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
     return log
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m editmgt.train.shapes",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
@@ -608,18 +609,31 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--grounding-weight", type=float, default=None,
                         help="weight of the naming rows' attention-grounding KL (override; 0 turns "
                              "it off: the previous model's recipe)")
+    parser.add_argument("--grounding-rows", choices=GROUNDING_ROWS, default=ShapesRecipe.grounding_rows,
+                        help="text rows the grounding term pulls onto the edit region: every row (all), "
+                             "the words naming the edit (named), or those less the target colour or "
+                             "kind (locating)")
     parser.add_argument("--reuse-vq", type=Path, default=None,
                         help="vqvae/ folder written by an earlier run of this recipe (same seed): "
                              "skips the VQ stage (about 11-13 minutes)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    recipe = ShapesRecipe(seed=args.seed, targets=args.targets)
+    return parser
+
+
+def recipe_from_args(args: argparse.Namespace) -> ShapesRecipe:
+    """The recipe's defaults with the command line's overrides."""
+    recipe = ShapesRecipe(seed=args.seed, targets=args.targets, grounding_rows=args.grounding_rows)
     if args.steps is not None:
         recipe.steps = args.steps
     if args.grounding_weight is not None:
         recipe.objective.grounding_weight = args.grounding_weight
-    train_shapes(args.out, recipe, pretrained_vq=args.reuse_vq)
+    return recipe
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    train_shapes(args.out, recipe_from_args(args), pretrained_vq=args.reuse_vq)
     return 0
 
 
