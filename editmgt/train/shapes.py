@@ -108,7 +108,7 @@ class ShapesRecipe:
 
     def __post_init__(self) -> None:
         if self.targets not in TARGETS:
-            raise ValueError(f"unknown targets {self.targets!r}: use vq, snap or canonical")
+            raise ValueError(f"unknown targets {self.targets!r}: use {', '.join(TARGETS)}")
         if self.grounding_rows not in GROUNDING_ROWS:
             raise ValueError(f"unknown grounding_rows {self.grounding_rows!r}: use {', '.join(GROUNDING_ROWS)}")
 
@@ -607,8 +607,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(snap), or snap plus each changed patch's modal id (canonical); "
                              "docs/SHAPES.md, 'Tokenizer noise'")
     parser.add_argument("--grounding-weight", type=float, default=None,
-                        help="weight of the naming rows' attention-grounding KL (override; 0 turns "
-                             "it off: the previous model's recipe)")
+                        help="weight of the attention-grounding KL on the --grounding-rows (override; "
+                             "0 turns it off: the previous model's recipe)")
     parser.add_argument("--grounding-rows", choices=GROUNDING_ROWS, default=ShapesRecipe.grounding_rows,
                         help="text rows the grounding term pulls onto the edit region: every row (all), "
                              "the words naming the edit (named), or those less the target colour or "
