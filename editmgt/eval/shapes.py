@@ -13,14 +13,15 @@ prints one table:
 - localisation: IoU between the true target mask and the tokens whose consolidated
   attention score is >= lambda (the tokens region-hold lets change), for block ranges
   "paper" (the 28-36 analogue), "all", "double" and "single"; for the paper range read
-  from the rows of the words that name the edit only ("paper, naming words": colours,
-  shapes, places, backgrounds, the map the pipeline's `keyword` option gives); and for the
-  true region
-  itself pooled to the transformer grid and consolidated the same way ("true region
-  (ceiling)": what a perfect map can reach at this grid);
-- region-hold reads the paper range's map from the words that name the edit (the paper's
-  keyword set M of Eq. 3, the "paper, naming words" map, the one the shapes recipe
-  trains); `--hold-rows all` makes it read every text row;
+  from the rows of a keyword set only (the map the pipeline's `keyword` option gives):
+  "paper, naming words" (every colour, shape, place and background word of the
+  instruction) and "paper, locating words" (those less the new colour or kind: the words
+  that find the edit, as the shapes recipe grounds them); and for the true region itself
+  pooled to the transformer grid and consolidated the same way ("true region (ceiling)":
+  what a perfect map can reach at this grid);
+- region-hold reads the paper range's map from the locating words (the paper's keyword set
+  M of Eq. 3, "such as a specific object"); `--hold-rows naming` makes it read every
+  naming word, `--hold-rows all` every text row;
 - the Figure 4 analogue: L1 to the source and success against lambda, saved as a plot;
 - others kept: the share of edits whose untouched shapes all survive (`has_shape`), among
   the edits whose scene has shapes the instruction does not name (style edits left out);
@@ -45,15 +46,17 @@ from PIL import Image
 
 from editmgt.data import shapes as data
 from editmgt.train.objective import ObjectiveConfig
-from editmgt.train.shapes import naming_words
+from editmgt.train.shapes import locating_words, naming_words
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_LAMBDAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8)
 IOU_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 CEILING = "true region (ceiling)"  # the IoU rows' name for region_scores
-NAMED = "paper, naming words"      # the paper range's map read from the naming words' rows only
-HOLD_ROWS = ("all", "naming")      # EvalSettings.hold_rows
+# keyword sets (instruction -> words): each gives an IoU row "paper, <set> words", the paper
+# range's map read from those words' rows only, and can be the rows region-hold reads
+KEYWORD_SETS = {"naming": naming_words, "locating": locating_words}
+HOLD_ROWS = ("all", *KEYWORD_SETS)  # EvalSettings.hold_rows
 COLOUR_FRACTION = 0.5        # share of a shape's inner pixels that must have its colour
 ABSENT_FRACTION = 0.2        # at most this share of a removed shape's pixels keep its colour
 SHAPE_IOU = 0.5              # shape-kind check: best-matching kind and IoU >= this
@@ -252,17 +255,17 @@ class EvalSettings:
     # The step values the model was trained on (15 ... 0 for 16 steps): with fewer steps the first,
     # all-masked step would carry the value training gave a partly visible canvas.
     steps: int = ObjectiveConfig().sampling_steps
-    guidance: float = 3.0                 # chosen on the training split (docs/SHAPES.md)
+    guidance: float = 2.0                 # chosen on the training split (docs/SHAPES.md)
     gamma: float = 1.0
     smoothing: str = "adaptive"
     smoothing_strength: float = 1.0
     negative_prompt: str = ""
     lambdas: tuple[float, ...] = DEFAULT_LAMBDAS
-    # the text rows region-hold's map reads: "naming", the instruction's words that name the
-    # edit (colours, shapes, places, backgrounds: the paper's keyword set M of Eq. 3, and the
-    # rows the shapes recipe grounds), or "all"; an instruction without naming words falls
-    # back to all rows
-    hold_rows: str = "naming"
+    # the text rows region-hold's map reads: a keyword set of KEYWORD_SETS ("locating", the
+    # words that find the edit: the paper's keyword set M of Eq. 3 and the rows the shapes
+    # recipe grounds; "naming" adds the new colour or kind) or "all"; an instruction without
+    # such words falls back to all rows
+    hold_rows: str = "locating"
 
     def __post_init__(self) -> None:
         if self.hold_rows not in HOLD_ROWS:
@@ -276,6 +279,11 @@ class EvalResult:
     settings: dict
     records: list[dict] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
+
+
+def keyword_row(name: str) -> str:
+    """The IoU row of keyword set `name`: the paper range's map from those words' rows."""
+    return f"paper, {name} words"
 
 
 def evaluate(model_dir: str | Path, n: int = 300, seed: int = 0,
@@ -299,8 +307,8 @@ def evaluate(model_dir: str | Path, n: int = 300, seed: int = 0,
     t0 = time.time()
     for i in range(n):
         tr = data.make_triple(seed, i, split)
-        words = naming_words(tr.instruction)                        # the edit's keyword set M
-        hold_words = words if settings.hold_rows == "naming" and words else None
+        keywords = {name: words_of(tr.instruction) for name, words_of in KEYWORD_SETS.items()}
+        hold_words = keywords.get(settings.hold_rows) or None       # the keyword set M, or all rows
         outs = pipe.sweep(Image.fromarray(tr.source), tr.instruction, lambdas, steps=settings.steps,
                           guidance=settings.guidance, gamma=settings.gamma, keyword=hold_words,
                           smoothing=settings.smoothing, smoothing_strength=settings.smoothing_strength,
@@ -312,19 +320,21 @@ def evaluate(model_dir: str | Path, n: int = 300, seed: int = 0,
         scores = attention_scores(pipe, outs[0].edited_tokens, outs[0].source_tokens, tr.instruction,
                                   ranges, settings.gamma, settings.smoothing,
                                   settings.smoothing_strength, size)
-        if words:
-            named = pipe.text.keyword_rows(tr.instruction, words)
-            scores[NAMED] = attention_scores(
-                pipe, outs[0].edited_tokens, outs[0].source_tokens, tr.instruction,
-                {NAMED: ranges["paper"]}, settings.gamma, settings.smoothing,
-                settings.smoothing_strength, size, rows=named)[NAMED]
+        for name, words in keywords.items():
+            if words:
+                row = keyword_row(name)
+                scores[row] = attention_scores(
+                    pipe, outs[0].edited_tokens, outs[0].source_tokens, tr.instruction,
+                    {row: ranges["paper"]}, settings.gamma, settings.smoothing,
+                    settings.smoothing_strength, size,
+                    rows=pipe.text.keyword_rows(tr.instruction, words))[row]
         scale = size // outs[0].edited_tokens.shape[0]
         scores[CEILING] = region_scores(tr.mask, tuple(outs[0].edited_tokens.shape),
                                         cfg.downsample_factor, settings.smoothing,
                                         settings.smoothing_strength)
         ious = {}
-        for name in [*ranges, NAMED, CEILING]:
-            if name not in scores:                                  # no naming word: no such map
+        for name in [*ranges, *map(keyword_row, KEYWORD_SETS), CEILING]:
+            if name not in scores:                                  # no such keyword: no such map
                 ious[name] = [float("nan")] * len(IOU_THRESHOLDS)
                 continue
             up = np.kron(scores[name], np.ones((scale, scale)))     # token scores on pixels
@@ -395,7 +405,8 @@ def format_table(summary: dict) -> str:
     for k, v in summary["success_by_kind"].items():
         lines.append(f"| {k} | {summary['count_by_kind'][k]} | {100 * v:.1f} % |")
     lines.append(f"| **overall** | {summary['n']} | **{100 * summary['success'][0]:.1f} %** |")
-    rows = "the words naming the edit" if summary.get("hold_rows") == "naming" else "all text rows"
+    hold = summary.get("hold_rows", "all")
+    rows = f"the {hold} words" if hold in KEYWORD_SETS else "all text rows"
     lines += ["", f"region-hold reads the paper range's map from {rows}"]
     lines += ["", f"| lambda | success | others kept | leakage (L1 outside region) | L1 to source "
               "| tokens changed |", "|---|---|---|---|---|---|"]
@@ -470,7 +481,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--guidance", type=float, default=defaults.guidance)
     parser.add_argument("--gamma", type=float, default=defaults.gamma)
     parser.add_argument("--hold-rows", choices=HOLD_ROWS, default=defaults.hold_rows,
-                        help="text rows region-hold reads: all, or the words naming the edit")
+                        help="text rows region-hold reads: the words that find the edit "
+                             "(locating), every word naming it (naming), or all")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--split", choices=data.SPLITS, default="eval",
                         help="eval: held-out scenes and phrasings (the report); train: training "

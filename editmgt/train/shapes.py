@@ -92,10 +92,11 @@ class ShapesRecipe:
     kind_repeats: dict = field(default_factory=dict)   # edit kind -> times per epoch (default 1)
     # text rows the grounding term reads (when objective.grounding_weight > 0): "all";
     # "named", the rows of the words that name the edit (colours, shapes, places, backgrounds);
-    # or "locating", those less the target colour or kind (`locating_words`)
-    grounding_rows: str = "named"
+    # or "locating", those less the new colour or kind (`locating_words`): the words that find
+    # the edit, so the words that say what to draw stay free
+    grounding_rows: str = "locating"
     # optimisation
-    steps: int = 2000                     # edit steps, after the copy warm-up (fits 45 min on 2 cores)
+    steps: int = 1800                     # edit steps, after the copy warm-up (fits 45 min on 2 cores)
     batch_size: int = 32
     # keep_share / mask_objects (the untouched shapes weighed and hidden like the edit) were
     # tried and not adopted: docs/SHAPES.md, "Tried and not adopted"
@@ -608,11 +609,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "docs/SHAPES.md, 'Tokenizer noise'")
     parser.add_argument("--grounding-weight", type=float, default=None,
                         help="weight of the attention-grounding KL on the --grounding-rows (override; "
-                             "0 turns it off: the previous model's recipe)")
+                             "0 turns it off: an earlier model's recipe)")
     parser.add_argument("--grounding-rows", choices=GROUNDING_ROWS, default=ShapesRecipe.grounding_rows,
                         help="text rows the grounding term pulls onto the edit region: every row (all), "
-                             "the words naming the edit (named), or those less the target colour or "
-                             "kind (locating)")
+                             "the words naming the edit (named), or those less the new colour or "
+                             "kind (locating, the default)")
     parser.add_argument("--reuse-vq", type=Path, default=None,
                         help="vqvae/ folder written by an earlier run of this recipe (same seed): "
                              "skips the VQ stage (about 11-13 minutes)")
