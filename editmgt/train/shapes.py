@@ -7,8 +7,9 @@ the shapes vocabulary; (2) edit triples from `editmgt.data.shapes`; (3) a small 
 trained on the domain (`vq_train.py`: codebook from distinct patches, then an id-locality
 phase so equal patches get equal ids); (4) the transformer, started with copy heads
 (`init.py`) and a short copy warm-up, trained with the paper's objective (`objective.py`,
-with its edit weighting and edit masking on) together with the text towers' layers, on
-instructions partly perturbed by phrasing noise.
+with its edit weighting, edit masking and the grounding of the locating words' attention
+on) together with the text towers' layers, on instructions partly perturbed by phrasing
+noise.
 DIR then holds editmgt/, text_encoder/, tokenizer/, llm_encoder/, vqvae/, scheduler/,
 editmgt_pipeline.json and train_log.json, loadable with `EditMGTPipeline.from_pretrained(DIR)`.
 Everything is seeded; losses go to the log.
