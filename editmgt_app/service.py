@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from editmgt.data.shapes import KEYWORD_SETS
 from editmgt.errors import InputError
 from editmgt.sampling.smoothing import METHODS as SMOOTHING_METHODS
 from editmgt_app import plots
@@ -213,6 +214,8 @@ class EditService:
         instruction = check_instruction(instruction)
         settings = self._settings(entry, steps, guidance, gamma, hold_lambda, smoothing, smoothing_strength, seed)
         keyword = parse_keywords(keyword)
+        if keyword is None and entry.defaults.keywords:              # the model's own keyword set
+            keyword = KEYWORD_SETS[entry.defaults.keywords](instruction) or None
         if mask_fn is not None:
             mask = mask_fn(upload.image.size)
         if entry.task != "edit" and not (entry.masked_edit and mask is not None):
@@ -233,6 +236,7 @@ class EditService:
         info = self._info(entry, result, settings, seconds, upload.notes, load_8bit)
         used = hold_blocks or tuple(pipe.default_hold_blocks())
         info["hold_blocks"] = [used[0], used[-1]]
+        info["keywords"] = keyword                                    # None: every text row
         out = EditOutput(upload.image, result.image, heat, info)
         if sweep:
             by_lambda = sorted(results, key=lambda r: r.hold_lambda)

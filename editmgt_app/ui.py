@@ -233,7 +233,8 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
                                                         label="Hold blocks: first (blank = model default)")
                                 hold_last = gr.Textbox(value=last0, placeholder="model default",
                                                        label="Hold blocks: last")
-                            keyword = gr.Textbox(label="Keywords for localisation (optional, comma-separated)",
+                            keyword = gr.Textbox(label="Keywords for localisation (optional, comma-separated; "
+                                                       "blank = the model's default)",
                                                  placeholder="cat, hat")
                             with gr.Row():
                                 smoothing = gr.Dropdown(list(SMOOTHING_CHOICES), value=d0.smoothing,

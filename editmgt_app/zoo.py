@@ -18,6 +18,8 @@ from typing import Any, Callable, Optional
 
 import yaml
 
+from editmgt.data.shapes import KEYWORD_SETS
+
 logger = logging.getLogger(__name__)
 
 STAGES = ("1", "2", "3", "base", "untrained")
@@ -34,6 +36,7 @@ DEFAULT_KEYS = {
     "smoothing": str,
     "smoothing_strength": float,
     "resolution": int,
+    "keywords": str,
 }
 ENTRY_KEYS = {"id", "label", "stage", "task", "masked_edit", "source", "components", "defaults",
               "license", "size_gb", "description"}
@@ -63,6 +66,9 @@ class Defaults:
     smoothing: str = "adaptive"
     smoothing_strength: float = 1.0
     resolution: int = 1024
+    # the words region-hold reads when the keyword box is blank: a keyword set of
+    # editmgt.data.shapes.KEYWORD_SETS (for models trained on that vocabulary); None = all rows
+    keywords: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -364,6 +370,9 @@ def _parse_defaults(raw: Any, where: str) -> Defaults:
     for key, low, high in checks:
         if key in values and not low <= values[key] <= high:
             raise ZooError(f"{where}: field '{key}' must be in [{low}, {high}], got {values[key]}")
+    if values.get("keywords") not in (None, *KEYWORD_SETS):
+        raise ZooError(f"{where}: field 'keywords' must be one of {', '.join(KEYWORD_SETS)}, "
+                       f"got {values['keywords']!r}")
     return Defaults(
         steps=values.get("steps", base.steps),
         guidance=float(values.get("guidance", base.guidance)),
@@ -373,6 +382,7 @@ def _parse_defaults(raw: Any, where: str) -> Defaults:
         smoothing=values.get("smoothing", base.smoothing),
         smoothing_strength=float(values.get("smoothing_strength", base.smoothing_strength)),
         resolution=values.get("resolution", base.resolution),
+        keywords=values.get("keywords"),
     )
 
 

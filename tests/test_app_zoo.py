@@ -86,6 +86,8 @@ def _broken(mutate):
     (lambda r: _entry(r, "tiny")["defaults"].update(steps=0), r"defaults: field 'steps' must be in \[1, 256\]"),
     (lambda r: _entry(r, "tiny")["defaults"].update(hold_blocks=[5, 2]), r"field 'hold_blocks' must be"),
     (lambda r: _entry(r, "tiny")["defaults"].update(lamda=0.2), r"defaults: unknown key\(s\) \['lamda'\]"),
+    (lambda r: _entry(r, "tiny")["defaults"].update(keywords="verbs"),
+     r"defaults: field 'keywords' must be one of naming, locating, got 'verbs'"),
     (lambda r: _entry(r, "tiny")["source"].update(repo="a/b"), r"only one of repo, path, builtin"),
     (lambda r: _entry(r, "editmgt")["source"].update(repo="not a repo"), r"field 'repo' must look like owner/name"),
     (lambda r: r.update(extra=1), r"unknown key\(s\) \['extra'\]"),

@@ -95,18 +95,36 @@ def test_app_defaults_are_the_eval_settings():
                                                                  EvalSettings.smoothing_strength)
 
 
+def test_app_reads_the_locating_words_when_the_keyword_box_is_blank():
+    """The app's tiny-shapes entry names its keyword set, so a blank keyword box gives the
+    map the model was trained to produce; typed keywords win; the info says which were read."""
+    from editmgt_app.loading import PipelineLoader
+    from editmgt_app.manager import ModelManager
+    from editmgt_app.service import EditService
+    from editmgt_app.zoo import load_zoo
+
+    zoo = load_zoo(CHECKPOINT.parents[1] / "checkpoints.yaml")
+    assert zoo["tiny-shapes"].defaults.keywords == EvalSettings.hold_rows
+    service = EditService(ModelManager(zoo, PipelineLoader()))
+    triple = fixed_colour_edit()
+    run = lambda **kw: service.edit(Image.fromarray(triple.source), triple.instruction, "tiny-shapes",  # noqa: E731
+                                    steps=4, hold_lambda=0.5, seed=0, **kw)
+    blank, typed = run(), run(keyword="green")
+    assert blank.info["keywords"] == ["circle", "red"]
+    assert typed.info["keywords"] == ["green"]
+    assert blank.info["changed_fraction"] != typed.info["changed_fraction"]
+
+
 def test_shapes_examples_offer_the_keywords_region_hold_reads():
     """Each shapes example in the app fills the keyword box with the words the measurement's
     region-hold reads (`EvalSettings.hold_rows`), and its picture is the held-out triple it names."""
     import json
 
-    from editmgt.eval.shapes import KEYWORD_SETS
-
     folder = CHECKPOINT.parents[1] / "examples" / "shapes"
     examples = json.loads((folder / "examples.json").read_text())
     assert [e["kind"] for e in examples] == list(data.EDIT_KINDS)
     for i, example in enumerate(examples):
-        words = KEYWORD_SETS[EvalSettings.hold_rows](example["instruction"])
+        words = data.KEYWORD_SETS[EvalSettings.hold_rows](example["instruction"])
         assert example["keyword"] == ", ".join(words) and words
         triple = data.make_triple(2026, i, "eval")
         assert triple.instruction == example["instruction"]
@@ -160,10 +178,8 @@ def test_shapes_the_edit_does_not_name_are_kept(pipe):
 def test_region_hold_keeps_the_outside(pipe):
     """Region-hold as the measurement runs it: the map of the keyword set region-hold reads
     (`EvalSettings.hold_rows`, the rows the recipe grounds: "red", "circle")."""
-    from editmgt.eval.shapes import KEYWORD_SETS
-
     triple = fixed_colour_edit()
-    keywords = KEYWORD_SETS[EvalSettings.hold_rows](triple.instruction)
+    keywords = data.KEYWORD_SETS[EvalSettings.hold_rows](triple.instruction)
     assert keywords == ["circle", "red"]
     result, out = edit(pipe, triple, hold_lambda=HOLD_LAMBDA, keyword=keywords)
     recon = vq_round_trip(pipe, result)
@@ -239,7 +255,7 @@ def test_eval_hold_rows_change_the_hold_not_the_unheld_edit(pipe):
     lambda above 0 holds a different set of tokens. Both keyword maps are scored whatever
     region-hold reads; they differ where the locating words leave out the new colour (the
     first edit, a colour change) and agree where the sets are equal (a removal)."""
-    from editmgt.eval.shapes import HOLD_ROWS, KEYWORD_SETS, evaluate, keyword_row
+    from editmgt.eval.shapes import HOLD_ROWS, evaluate, keyword_row
 
     runs = {rows: evaluate(CHECKPOINT, n=4, seed=0, pipe=pipe,
                            settings=EvalSettings(steps=4, lambdas=(0.0, 0.3), hold_rows=rows))
@@ -251,7 +267,7 @@ def test_eval_hold_rows_change_the_hold_not_the_unheld_edit(pipe):
     assert held["all"] != held["naming"] and held["all"] != held["locating"]
     for rows, run in runs.items():
         assert run.summary["hold_rows"] == rows
-        assert {keyword_row(name) for name in KEYWORD_SETS} <= set(run.summary["iou"])
+        assert {keyword_row(name) for name in data.KEYWORD_SETS} <= set(run.summary["iou"])
     colour, removal = runs["locating"].records[0], runs["locating"].records[2]
     assert (colour["kind"], removal["kind"]) == ("colour", "remove")
     naming, locating = keyword_row("naming"), keyword_row("locating")

@@ -330,7 +330,8 @@ def test_naming_rows_mark_the_words_that_name_the_edit():
     from pathlib import Path
 
     from editmgt.models.text_encoders import TextConditioner
-    from editmgt.train.shapes import ShapesRecipe, locating_words, naming_rows, naming_words
+    from editmgt.data.shapes import locating_words, naming_words
+    from editmgt.train.shapes import ShapesRecipe, naming_rows
 
     root = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-shapes"
     text = TextConditioner.from_pretrained(root, cache_size=0)

@@ -432,6 +432,32 @@ NAMING_WORDS: frozenset[str] = MEANING_WORDS - {"a", "the"}
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
+def naming_words(prompt: str) -> list[str]:
+    """The words of `prompt` that name the edit (`NAMING_WORDS`), sorted; [] for none."""
+    return sorted(set(prompt.split()) & NAMING_WORDS)
+
+
+def locating_words(prompt: str) -> list[str]:
+    """The naming words that find the edit, not those that say what to draw: a shape colour
+    or kind after the first of its category ("make the red circle *blue*", "swap the purple
+    star for a *triangle*") is left out. Sorted; [] for none."""
+    kept, seen = set(), set()
+    for word in prompt.split():
+        category = ("colour" if word in SHAPE_COLOURS else
+                    "kind" if word in SHAPE_KINDS else None)
+        if category in seen:
+            continue
+        if category:
+            seen.add(category)
+        if word in NAMING_WORDS:
+            kept.add(word)
+    return sorted(kept)
+
+
+# keyword sets (instruction -> words): the text rows training grounds and region-hold reads
+KEYWORD_SETS = {"naming": naming_words, "locating": locating_words}
+
+
 @functools.lru_cache(maxsize=1)
 def _template_words() -> frozenset[str]:
     return frozenset(vocabulary())

@@ -46,16 +46,15 @@ from PIL import Image
 
 from editmgt.data import shapes as data
 from editmgt.train.objective import ObjectiveConfig
-from editmgt.train.shapes import locating_words, naming_words
+from editmgt.data.shapes import KEYWORD_SETS
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_LAMBDAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8)
 IOU_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 CEILING = "true region (ceiling)"  # the IoU rows' name for region_scores
-# keyword sets (instruction -> words): each gives an IoU row "paper, <set> words", the paper
+# each keyword set of data.KEYWORD_SETS gives an IoU row "paper, <set> words", the paper
 # range's map read from those words' rows only, and can be the rows region-hold reads
-KEYWORD_SETS = {"naming": naming_words, "locating": locating_words}
 HOLD_ROWS = ("all", *KEYWORD_SETS)  # EvalSettings.hold_rows
 COLOUR_FRACTION = 0.5        # share of a shape's inner pixels that must have its colour
 ABSENT_FRACTION = 0.2        # at most this share of a removed shape's pixels keep its colour

@@ -348,7 +348,7 @@ def naming_rows(text, texts: Sequence[str],
                 words_of: Optional[Callable[[str], list[str]]] = None) -> torch.Tensor:
     """(B, T) float: 1 on the text-stream rows of each instruction's words that name the
     edit (`words_of`, default `naming_words`), 0 elsewhere; all zero for a null prompt."""
-    words_of = words_of or naming_words
+    words_of = words_of or data.naming_words
     rows = torch.zeros(len(texts), text.text_length)
     for i, prompt in enumerate(texts):
         words = words_of(prompt)
@@ -357,30 +357,9 @@ def naming_rows(text, texts: Sequence[str],
     return rows
 
 
-def naming_words(prompt: str) -> list[str]:
-    """The words of `prompt` that name the edit (`data.NAMING_WORDS`), sorted; [] for none."""
-    return sorted(set(prompt.split()) & data.NAMING_WORDS)
-
-
-def locating_words(prompt: str) -> list[str]:
-    """The naming words that find the edit, not those that say what to draw: a shape colour
-    or kind after the first of its category ("make the red circle *blue*", "swap the purple
-    star for a *triangle*") is left out. Sorted; [] for none."""
-    kept, seen = set(), set()
-    for word in prompt.split():
-        category = ("colour" if word in data.SHAPE_COLOURS else
-                    "kind" if word in data.SHAPE_KINDS else None)
-        if category in seen:
-            continue
-        if category:
-            seen.add(category)
-        if word in data.NAMING_WORDS:
-            kept.add(word)
-    return sorted(kept)
-
-
 # ShapesRecipe.grounding_rows -> the words whose rows the grounding term reads ("all": every row)
-GROUNDING_WORDS: dict[str, Callable[[str], list[str]]] = {"named": naming_words, "locating": locating_words}
+GROUNDING_WORDS: dict[str, Callable[[str], list[str]]] = {"named": data.naming_words,
+                                                        "locating": data.locating_words}
 
 
 def tokens_touching(mask: np.ndarray, factor: int) -> torch.Tensor:
