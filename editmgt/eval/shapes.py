@@ -46,7 +46,6 @@ from PIL import Image
 
 from editmgt.data import shapes as data
 from editmgt.train.objective import ObjectiveConfig
-from editmgt.data.shapes import KEYWORD_SETS
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +54,7 @@ IOU_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 CEILING = "true region (ceiling)"  # the IoU rows' name for region_scores
 # each keyword set of data.KEYWORD_SETS gives an IoU row "paper, <set> words", the paper
 # range's map read from those words' rows only, and can be the rows region-hold reads
-HOLD_ROWS = ("all", *KEYWORD_SETS)  # EvalSettings.hold_rows
+HOLD_ROWS = ("all", *data.KEYWORD_SETS)  # EvalSettings.hold_rows
 COLOUR_FRACTION = 0.5        # share of a shape's inner pixels that must have its colour
 ABSENT_FRACTION = 0.2        # at most this share of a removed shape's pixels keep its colour
 SHAPE_IOU = 0.5              # shape-kind check: best-matching kind and IoU >= this
@@ -260,7 +259,7 @@ class EvalSettings:
     smoothing_strength: float = 1.0
     negative_prompt: str = ""
     lambdas: tuple[float, ...] = DEFAULT_LAMBDAS
-    # the text rows region-hold's map reads: a keyword set of KEYWORD_SETS ("locating", the
+    # the text rows region-hold's map reads: a keyword set of data.KEYWORD_SETS ("locating", the
     # words that find the edit: the paper's keyword set M of Eq. 3 and the rows the shapes
     # recipe grounds; "naming" adds the new colour or kind) or "all"; an instruction without
     # such words falls back to all rows
@@ -306,7 +305,7 @@ def evaluate(model_dir: str | Path, n: int = 300, seed: int = 0,
     t0 = time.time()
     for i in range(n):
         tr = data.make_triple(seed, i, split)
-        keywords = {name: words_of(tr.instruction) for name, words_of in KEYWORD_SETS.items()}
+        keywords = {name: words_of(tr.instruction) for name, words_of in data.KEYWORD_SETS.items()}
         hold_words = keywords.get(settings.hold_rows) or None       # the keyword set M, or all rows
         outs = pipe.sweep(Image.fromarray(tr.source), tr.instruction, lambdas, steps=settings.steps,
                           guidance=settings.guidance, gamma=settings.gamma, keyword=hold_words,
@@ -332,7 +331,7 @@ def evaluate(model_dir: str | Path, n: int = 300, seed: int = 0,
                                         cfg.downsample_factor, settings.smoothing,
                                         settings.smoothing_strength)
         ious = {}
-        for name in [*ranges, *map(keyword_row, KEYWORD_SETS), CEILING]:
+        for name in [*ranges, *map(keyword_row, data.KEYWORD_SETS), CEILING]:
             if name not in scores:                                  # no such keyword: no such map
                 ious[name] = [float("nan")] * len(IOU_THRESHOLDS)
                 continue
@@ -405,7 +404,7 @@ def format_table(summary: dict) -> str:
         lines.append(f"| {k} | {summary['count_by_kind'][k]} | {100 * v:.1f} % |")
     lines.append(f"| **overall** | {summary['n']} | **{100 * summary['success'][0]:.1f} %** |")
     hold = summary.get("hold_rows", "all")
-    rows = f"the {hold} words" if hold in KEYWORD_SETS else "all text rows"
+    rows = f"the {hold} words" if hold in data.KEYWORD_SETS else "all text rows"
     lines += ["", f"region-hold reads the paper range's map from {rows}"]
     lines += ["", f"| lambda | success | others kept | leakage (L1 outside region) | L1 to source "
               "| tokens changed |", "|---|---|---|---|---|---|"]
