@@ -360,9 +360,9 @@ def test_shapes_command_line_overrides_the_recipe():
     parse = build_parser().parse_args
     default = recipe_from_args(parse(["--out", "x"]))
     assert default.to_dict() == ShapesRecipe().to_dict()
-    changed = recipe_from_args(parse(["--out", "x", "--grounding-rows", "named",
+    changed = recipe_from_args(parse(["--out", "x", "--grounding-rows", "naming",
                                       "--grounding-weight", "0", "--steps", "7"]))
-    assert (changed.grounding_rows, changed.objective.grounding_weight, changed.steps) == ("named", 0.0, 7)
+    assert (changed.grounding_rows, changed.objective.grounding_weight, changed.steps) == ("naming", 0.0, 7)
     assert ShapesRecipe().grounding_rows == "locating"
     assert ShapesRecipe().objective.grounding_weight > 0       # the override did not leak into the defaults
     with pytest.raises(SystemExit):

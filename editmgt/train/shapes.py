@@ -51,7 +51,7 @@ NEGATIVE_PROMPT = (
     "text, jpeg artifacts, signature, sketch, duplicate, ugly, identifying mark"
 )  # the pipeline's default negative prompt: trained as a null prompt too
 TARGETS = ("vq", "snap", "canonical")   # ShapesRecipe.targets choices
-GROUNDING_ROWS = ("all", "named", "locating")   # ShapesRecipe.grounding_rows choices
+GROUNDING_ROWS = ("all", *data.KEYWORD_SETS)   # ShapesRecipe.grounding_rows choices
 TEXT_LENGTH = 32             # Gemma2 rows: the tokenizer's model_max_length caps the stream
 
 
@@ -92,7 +92,7 @@ class ShapesRecipe:
     copy_warmup_steps: int = 200          # first steps: reproduce random token grids (copy_batch)
     kind_repeats: dict = field(default_factory=dict)   # edit kind -> times per epoch (default 1)
     # text rows the grounding term reads (when objective.grounding_weight > 0): "all";
-    # "named", the rows of the words that name the edit (colours, shapes, places, backgrounds);
+    # "naming", the rows of the words that name the edit (colours, shapes, places, backgrounds);
     # or "locating", those less the new colour or kind (`locating_words`): the words that find
     # the edit, so the words that say what to draw stay free
     grounding_rows: str = "locating"
@@ -357,11 +357,6 @@ def naming_rows(text, texts: Sequence[str],
     return rows
 
 
-# ShapesRecipe.grounding_rows -> the words whose rows the grounding term reads ("all": every row)
-GROUNDING_WORDS: dict[str, Callable[[str], list[str]]] = {"named": data.naming_words,
-                                                        "locating": data.locating_words}
-
-
 def tokens_touching(mask: np.ndarray, factor: int) -> torch.Tensor:
     """(N, H, W) bool pixels -> (N, H/factor, W/factor) bool, True where the token's
     factor x factor patch holds any True pixel."""
@@ -540,8 +535,8 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
             source, target, objects = enc.source[index], enc.target[index], enc.objects[index]
             texts = prompts(index)
             regions = named_regions(enc.regions[index], texts, null_prompts)
-            grounded_rows = recipe.objective.grounding_weight > 0 and recipe.grounding_rows in GROUNDING_WORDS
-            rows = naming_rows(text, texts, GROUNDING_WORDS[recipe.grounding_rows]) if grounded_rows else None
+            grounded_rows = recipe.objective.grounding_weight > 0 and recipe.grounding_rows in data.KEYWORD_SETS
+            rows = naming_rows(text, texts, data.KEYWORD_SETS[recipe.grounding_rows]) if grounded_rows else None
         with torch.set_grad_enabled(recipe.train_text):
             emb = text(texts)
         batch = EditBatch(target, source, emb.states, emb.pooled,
@@ -592,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "0 turns it off: an earlier model's recipe)")
     parser.add_argument("--grounding-rows", choices=GROUNDING_ROWS, default=ShapesRecipe.grounding_rows,
                         help="text rows the grounding term pulls onto the edit region: every row (all), "
-                             "the words naming the edit (named), or those less the new colour or "
+                             "the words naming the edit (naming), or those less the new colour or "
                              "kind (locating, the default)")
     parser.add_argument("--reuse-vq", type=Path, default=None,
                         help="vqvae/ folder written by an earlier run of this recipe (same seed): "
