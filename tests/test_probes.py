@@ -1,5 +1,6 @@
 """The internal probes of editmgt.eval.probes measure what they say, on the tiny model."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from editmgt.data import shapes as data
-from editmgt.eval.probes import first_step_accuracy, keeping_through_sampling, text_stream_similarity
+from editmgt.eval.probes import (first_step_accuracy, keeping_through_sampling, new_colour_reading,
+                                  swap_new_colour, text_stream_similarity)
 from editmgt.models.transformer import TransformerOutput
 from editmgt.pipeline import EditMGTPipeline
 
@@ -100,3 +102,50 @@ def test_keeping_through_sampling_of_a_sure_copier_and_a_redrawer():
     rows = keeping_through_sampling(pipe, triples, guidance=3.0)
     assert rows[-1]["committed"] == 1.0
     assert all(r["kept"] == 0.0 and r["predicted_kept"] == 0.0 for r in rows)
+
+
+class _ColourOracle(torch.nn.Module):
+    """Paints each colour change in the colour its instruction names: it recognises the
+    instruction by its pooled text vector among those it was shown, and predicts the VQ
+    tokens of the source scene with the named shape in that colour."""
+
+    def __init__(self, pipe, triples) -> None:
+        super().__init__()
+        self.config, self.dtype = pipe.transformer.config, pipe.transformer.dtype
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+        keys, answers = [], []
+        for t in triples:
+            for instruction, colour in ((t.instruction, t.info["new"].colour), swap_new_colour(t)):
+                shapes = tuple(dataclasses.replace(s, colour=colour) if s == t.info["old"] else s
+                               for s in t.source_scene.shapes)
+                image = data.render(dataclasses.replace(t.source_scene, shapes=shapes))
+                keys.append(pipe.text.encode([instruction]).pooled[0])
+                answers.append(pipe.vq.encode(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)[0])
+        self.keys, self.answers = torch.stack(keys), torch.stack(answers)
+
+    def forward(self, tokens, text_states, pooled_text, micro_conds, timestep, reference_tokens=None, **_):
+        which = torch.cdist(pooled_text.float(), self.keys).argmin(1)
+        one_hot = F.one_hot(self.answers[which], self.config.codebook_size).permute(0, 3, 1, 2)
+        return TransformerOutput(logits=20.0 * one_hot.float(), text_to_image={})
+
+
+def test_new_colour_reading_of_a_model_that_ignores_the_word_and_of_one_that_reads_it():
+    pipe = EditMGTPipeline.from_pretrained(SHIPPED)
+    triples = [data.make_triple(0, i, "eval") for i in range(0, 70, 7)]          # colour changes
+    assert {t.kind for t in triples} == {"colour"}
+    instruction, colour = swap_new_colour(triples[0])
+    assert instruction.split(" ").count(colour) == 1 and triples[0].info["new"].colour not in instruction.split(" ")
+
+    model = pipe.transformer
+    pipe.transformer = _Copier(model)                     # reads nothing: keeps the old colour
+    ignored = new_colour_reading(pipe, triples + [data.make_triple(0, 1, "eval")])   # non-colour edits skipped
+    assert ignored["n"] == len(triples)
+    assert ignored["kl"] == 0.0 and ignored["follows_swap"] == 0.0
+    assert ignored["painted"]["old"] == 1.0
+
+    pipe.transformer = _ColourOracle(pipe, triples)       # reads the word perfectly
+    read = new_colour_reading(pipe, triples)
+    assert read["kl"] > 1.0
+    assert read["painted"]["asked"] >= 0.9 and read["follows_swap"] >= 0.9
+    with pytest.raises(ValueError, match="no colour changes"):
+        new_colour_reading(pipe, [data.make_triple(0, 1, "eval")])

@@ -363,6 +363,9 @@ def test_shapes_command_line_overrides_the_recipe():
     changed = recipe_from_args(parse(["--out", "x", "--grounding-rows", "naming",
                                       "--grounding-weight", "0", "--steps", "7"]))
     assert (changed.grounding_rows, changed.objective.grounding_weight, changed.steps) == ("naming", 0.0, 7)
+    block = recipe_from_args(parse(["--out", "x", "--reading-every", "1", "--reading-from", "600",
+                                    "--reading-until", "1000"]))
+    assert (block.reading_every, block.reading_from, block.reading_until) == (1, 600, 1000)
     assert ShapesRecipe().grounding_rows == "locating"
     assert ShapesRecipe().objective.grounding_weight > 0       # the override did not leak into the defaults
     with pytest.raises(SystemExit):
@@ -609,3 +612,31 @@ def test_copy_batch_draws_every_code_evenly():
     values, counts = torch.unique(source, return_counts=True)
     assert values.tolist() == [3, 8, 11, 40]
     assert counts.min() > 0.2 * source.numel() and counts.max() < 0.3 * source.numel()
+
+
+def test_reading_steps_come_every_nth_edit_step_and_draw_the_reading_kinds():
+    from editmgt.train.shapes import EpochSampler, ShapesRecipe
+
+    recipe = ShapesRecipe(copy_warmup_steps=3, reading_every=4, steps=12)
+    reading = [s for s in range(recipe.copy_warmup_steps + recipe.steps) if recipe.is_reading_step(s)]
+    assert reading == [6, 10, 14]                      # edit steps 3, 7, 11; never in the copy warm-up
+    assert not any(ShapesRecipe().is_reading_step(s) for s in range(3000))     # off by default
+    block = ShapesRecipe(copy_warmup_steps=3, reading_every=1, reading_from=4, reading_until=7, steps=12)
+    assert [s for s in range(15) if block.is_reading_step(s)] == [7, 8, 9]     # edit steps 4, 5, 6
+    with pytest.raises(ValueError, match="reading_every"):
+        ShapesRecipe(reading_every=1)                  # every step a reading step: nothing else learnt
+    with pytest.raises(ValueError, match="reading_every"):
+        ShapesRecipe(reading_every=-2)
+    with pytest.raises(ValueError, match="reading_kinds"):
+        ShapesRecipe(reading_kinds=("recolour",))
+
+    # The sampler deals every index of its pool once per pass, in a seeded order.
+    pool = [2, 5, 7, 11, 13, 17]
+    draws = EpochSampler(pool, torch.Generator().manual_seed(0))
+    first = torch.cat([draws.draw(3), draws.draw(3)])
+    assert sorted(first.tolist()) == pool
+    assert sorted(torch.cat([draws.draw(3), draws.draw(3)]).tolist()) == pool
+    again = EpochSampler(pool, torch.Generator().manual_seed(0))
+    assert torch.equal(torch.cat([again.draw(3), again.draw(3)]), first)
+    with pytest.raises(ValueError, match="no training triples"):
+        EpochSampler([], torch.Generator())

@@ -11,6 +11,12 @@
   the tokens of the shapes it leaves alone, per edit kind. An edit applied to every shape
   scores high on the first and near 0 on the second; a model that tells the named shape from
   the others scores high on both.
+- `new_colour_reading`: does the new colour word of a colour change reach the predictions?
+  On the first step, the KL divergence between the predictions on the tokens the edit
+  changes for the instruction and for the same instruction with another new colour, and
+  which colour the first step paints the shape with (the edit's, the old one, another, or
+  none) for each of the two. A model that ignores the word has KL 0 and never follows the
+  swap; one that reads it paints the swapped colour when asked.
 - `keeping_through_sampling`: the same untouched-shape tokens followed through a real edit
   (the sampler, guidance, every step): how many are on the canvas after each step, how many
   of those are the source's token, and how many of the step's full prediction are. It
@@ -30,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from editmgt.data import shapes as data
-from editmgt.eval.shapes import EvalSettings, untouched_shapes
+from editmgt.eval.shapes import COLOUR_FRACTION, EvalSettings, colour_fraction, erode, untouched_shapes
 from editmgt.train.shapes import agreement_mask
 
 
@@ -125,6 +131,75 @@ def first_step_accuracy(pipe, triples: Sequence[data.EditTriple], steps: int = E
     }
 
 
+def swap_new_colour(triple: data.EditTriple) -> tuple[str, str]:
+    """(instruction, colour): a colour change's instruction with its new colour word replaced by
+    the first shape colour that is neither the new nor the old one."""
+    new, old = triple.info["new"].colour, triple.info["old"].colour
+    other = next(c for c in data.SHAPE_COLOURS if c not in (new, old))
+    words = triple.instruction.split(" ")
+    if words.count(new) != 1:
+        raise ValueError(f"expected the new colour {new!r} once in {triple.instruction!r}")
+    return " ".join(other if w == new else w for w in words), other
+
+
+def _painted_colour(image: np.ndarray, shape: data.Shape) -> Optional[str]:
+    """The shape colour that fills at least COLOUR_FRACTION of the shape's inner pixels, or None."""
+    inner = erode(data.shape_mask(shape.kind, shape.cell, image.shape[0]))
+    for colour in data.SHAPE_COLOURS:
+        if colour_fraction(image, inner, colour) >= COLOUR_FRACTION:
+            return colour
+    return None
+
+
+@torch.inference_mode()
+def new_colour_reading(pipe, triples: Sequence[data.EditTriple], steps: int = EvalSettings.steps) -> dict:
+    """First-step (all-masked, conditional) reading of the new colour word, over the colour
+    changes among `triples`: `kl`, the mean KL divergence on the tokens the edit changes
+    between the instruction and the instruction with the colour swapped (`swap_new_colour`);
+    `painted`, how often the first step's canvas (argmax on those tokens, the source's token
+    elsewhere) shows the shape in the asked colour, in the old colour, in another colour or in
+    none, for the instruction; `follows_swap`, the share painted in the swapped colour when
+    that is asked."""
+    model, vq = pipe.transformer, pipe.vq
+    chosen = [t for t in triples if t.kind == "colour"]
+    if not chosen:
+        raise ValueError("no colour changes among the triples")
+    size = chosen[0].source.shape[0]
+
+    def encode(images: np.ndarray) -> torch.Tensor:
+        return vq.encode(torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).to(pipe.device)).cpu()
+
+    src = encode(np.stack([t.source for t in chosen]))
+    changed = encode(np.stack([t.target for t in chosen])) != src          # (B, h, w)
+    swapped = [swap_new_colour(t) for t in chosen]
+
+    def first_step(instructions: list[str]) -> torch.Tensor:               # (B, K, h, w) log-probs
+        emb = pipe.text.encode(instructions)
+        out = model(torch.full_like(src, model.config.mask_token_id).to(pipe.device),
+                    emb.states.to(model.dtype), emb.pooled.to(model.dtype),
+                    pipe._micro_conds((size, size), len(instructions)),
+                    torch.full((len(instructions),), steps - 1, device=pipe.device),
+                    reference_tokens=src.to(pipe.device))
+        return out.logits.float().log_softmax(1).cpu()
+
+    def painted(logp: torch.Tensor) -> list[Optional[str]]:
+        canvas = torch.where(changed, logp.argmax(1), src)
+        images = vq.decode(canvas.to(pipe.device)).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+        images = (images * 255).round().astype(np.uint8)
+        return [_painted_colour(img, t.info["new"]) for img, t in zip(images, chosen)]
+
+    asked, other = first_step([t.instruction for t in chosen]), first_step([i for i, _ in swapped])
+    kl = (asked.exp() * (asked - other)).sum(1)[changed].mean()
+    outcomes = {"asked": 0, "old": 0, "another": 0, "none": 0}
+    for colour, t in zip(painted(asked), chosen):
+        key = ("asked" if colour == t.info["new"].colour else "old" if colour == t.info["old"].colour
+               else "none" if colour is None else "another")
+        outcomes[key] += 1
+    follows = [colour == c for colour, (_, c) in zip(painted(other), swapped)]
+    return {"n": len(chosen), "kl": float(kl), "painted": {k: v / len(chosen) for k, v in outcomes.items()},
+            "follows_swap": float(np.mean(follows))}
+
+
 def _untouched_tokens(triple: data.EditTriple, factor: int) -> torch.Tensor:
     """(h, w) bool: tokens of the shapes `triple` leaves alone whose pixels do not change."""
     unchanged = agreement_mask(triple.source[None], triple.target[None], factor)[0]
@@ -192,6 +267,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             cells = [f"{100 * v[k]:.1f} %" if v[k] is not None else "-" for k in ("changed", "untouched")]
             print(f"| {kind} | {cells[0]} | {cells[1]} |")
     print("\n" + json.dumps(acc))
+    reading = new_colour_reading(pipe, triples)
+    print(f"\nnew colour word, first step, {reading['n']} held-out colour changes: KL on the changed "
+          f"tokens when the word is swapped {reading['kl']:.4f}; shape painted in the asked colour "
+          f"{100 * reading['painted']['asked']:.1f} %, the old one {100 * reading['painted']['old']:.1f} %, "
+          f"another {100 * reading['painted']['another']:.1f} %, none {100 * reading['painted']['none']:.1f} %; "
+          f"in the swapped colour when that is asked {100 * reading['follows_swap']:.1f} %")
     for guidance in args.guidance:
         rows = keeping_through_sampling(pipe, triples[:args.n_sampled], guidance, seed=args.seed)
         print(f"\nuntouched-shape tokens through sampling, guidance {guidance:g} "

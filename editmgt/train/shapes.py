@@ -91,6 +91,14 @@ class ShapesRecipe:
     copy_heads: int = 1                   # heads per double block started as copy heads (train/init.py)
     copy_warmup_steps: int = 200          # first steps: reproduce random token grids (copy_batch)
     kind_repeats: dict = field(default_factory=dict)   # edit kind -> times per epoch (default 1)
+    # reading steps: every reading_every-th edit step (0: none) among edit steps
+    # [reading_from, reading_until) trains on edits of reading_kinds alone, every changed token
+    # masked and the loss on those tokens only, so the instruction is the only source of the
+    # answer (docs/SHAPES.md, "Reading the new colour"); reading_until None: to the end
+    reading_kinds: tuple[str, ...] = ("colour",)
+    reading_every: int = 0
+    reading_from: int = 0
+    reading_until: Optional[int] = None
     # text rows the grounding term reads (when objective.grounding_weight > 0): "all";
     # "naming", the rows of the words that name the edit (colours, shapes, places, backgrounds);
     # or "locating", those less the new colour or kind (`locating_words`): the words that find
@@ -113,6 +121,22 @@ class ShapesRecipe:
             raise ValueError(f"unknown targets {self.targets!r}: use {', '.join(TARGETS)}")
         if self.grounding_rows not in GROUNDING_ROWS:
             raise ValueError(f"unknown grounding_rows {self.grounding_rows!r}: use {', '.join(GROUNDING_ROWS)}")
+        unknown = [k for k in self.reading_kinds if k not in data.EDIT_KINDS]
+        if unknown:
+            raise ValueError(f"unknown reading_kinds {unknown}: use {', '.join(data.EDIT_KINDS)}")
+        if self.reading_every < 0:
+            raise ValueError("reading_every must be 0 (no reading steps) or positive")
+        until = self.steps if self.reading_until is None else min(self.reading_until, self.steps)
+        if self.reading_every == 1 and self.reading_from <= 0 and until >= self.steps:
+            raise ValueError("reading_every 1 over every edit step leaves no step for the other edits: "
+                             "bound it with reading_from / reading_until")
+
+    def is_reading_step(self, step: int) -> bool:
+        """Whether transformer step `step` (0-based, copy warm-up included) is a reading step."""
+        edit_step = step - self.copy_warmup_steps - self.reading_from
+        until = self.steps if self.reading_until is None else self.reading_until
+        return (self.reading_every > 0 and 0 <= edit_step < until - self.reading_from
+                and edit_step % self.reading_every == self.reading_every - 1)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -290,6 +314,27 @@ class PromptSampler:
                 prompt = self.null_prompts[int(self.rng.integers(len(self.null_prompts)))]
             prompts.append(prompt)
         return prompts
+
+
+class EpochSampler:
+    """Batches of indices drawn without replacement from `pool`, reshuffled (seeded by
+    `generator`) whenever fewer than a batch remain."""
+
+    def __init__(self, pool: Sequence[int], generator: torch.Generator) -> None:
+        if not len(pool):
+            raise ValueError("no training triples to draw from")
+        self.pool = torch.as_tensor(list(pool), dtype=torch.long)
+        self.generator = generator
+        self.order = self.pool[torch.randperm(self.pool.numel(), generator=generator)]
+        self.cursor = 0
+
+    def draw(self, batch_size: int) -> torch.Tensor:
+        if self.cursor + batch_size > self.order.numel():
+            self.order = self.pool[torch.randperm(self.pool.numel(), generator=self.generator)]
+            self.cursor = 0
+        index = self.order[self.cursor:self.cursor + batch_size]
+        self.cursor += batch_size
+        return index
 
 
 def copy_batch(codes: torch.Tensor, batch_size: int, grid: tuple[int, int],
@@ -514,24 +559,23 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
     prompts = PromptSampler(instructions, recipe.phrasing_noise, recipe.objective.text_dropout,
                             null_prompts, seed=recipe.seed + 60)
     micro = torch.tensor([[recipe.image_size, recipe.image_size, 0, 0, 6]], dtype=torch.float32)
-    epoch = torch.tensor([i for i, k in enumerate(kinds) for _ in range(recipe.kind_repeats.get(k, 1))])
-    n = epoch.numel()
-    perm = epoch[torch.randperm(n, generator=gen)]
-    cursor = 0
+    mixed = EpochSampler([i for i, k in enumerate(kinds) for _ in range(recipe.kind_repeats.get(k, 1))], gen)
+    reading = (EpochSampler([i for i, k in enumerate(kinds) if k in recipe.reading_kinds], gen)
+               if recipe.reading_every else None)
+    reading_objective = dataclasses.replace(recipe.objective, edit_share=1.0, mask_edit_prob=1.0)
     window: list[dict] = []
+    reading_window: list[dict] = []
     used_codes = torch.unique(torch.cat([src_ids.flatten(), tgt_ids.flatten()]))
     total = recipe.copy_warmup_steps + recipe.steps
     optim = dataclasses.replace(recipe.optim, total_steps=recipe.optim.total_steps or total)
     text.train(recipe.train_text)
     for step in range(total):
+        is_reading = recipe.is_reading_step(step)
         if step < recipe.copy_warmup_steps:
             source, target = copy_batch(used_codes, recipe.batch_size, tuple(src_ids.shape[1:]), gen)
             texts, objects, regions, rows = [""] * recipe.batch_size, None, None, None
         else:
-            if cursor + recipe.batch_size > n:
-                perm, cursor = epoch[torch.randperm(n, generator=gen)], 0
-            index = perm[cursor:cursor + recipe.batch_size]
-            cursor += recipe.batch_size
+            index = (reading if is_reading else mixed).draw(recipe.batch_size)
             source, target, objects = enc.source[index], enc.target[index], enc.objects[index]
             texts = prompts(index)
             regions = named_regions(enc.regions[index], texts, null_prompts)
@@ -541,17 +585,21 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
             emb = text(texts)
         batch = EditBatch(target, source, emb.states, emb.pooled,
                           micro.expand(source.shape[0], -1), objects, regions, rows)
-        stats = train_step(model, optimizer, batch, recipe.objective, optim, step, gen)
-        window.append(stats)
+        stats = train_step(model, optimizer, batch, reading_objective if is_reading else recipe.objective,
+                           optim, step, gen)
+        (reading_window if is_reading else window).append(stats)
         if (step + 1) % recipe.log_every == 0 or step == total - 1:
-            mean = {k: _mean_of_numbers([w[k] for w in window]) for k in window[0]}
+            mean = {k: _mean_of_numbers([w[k] for w in window]) for k in (window or reading_window)[0]}
+            # reading steps: their loss (changed tokens only) and accuracy on the changed tokens
+            mean["reading_loss"] = _mean_of_numbers([w["loss"] for w in reading_window])
+            mean["reading_edit_acc"] = _mean_of_numbers([w["edit_acc"] for w in reading_window])
             mean.update(step=step + 1, seconds=round(time.time() - t0, 1))
             log["transformer"].append(mean)
             logger.info("step %d/%d loss %.4f acc %.3f copy %.3f edit %.3f keep %s grounding %s "
-                        "lr %.2e (%.0fs)", step + 1, total, mean["loss"], mean["acc"],
+                        "reading edit %s lr %.2e (%.0fs)", step + 1, total, mean["loss"], mean["acc"],
                         mean["copy_acc"], mean["edit_acc"], mean["keep_acc"], mean["grounding"],
-                        mean["lr"], mean["seconds"])
-            window = []
+                        mean["reading_edit_acc"], mean["lr"], mean["seconds"])
+            window, reading_window = [], []
     text.eval()
     model.eval()
     log["timings"]["transformer_s"] = round(time.time() - t0, 1)
@@ -589,6 +637,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="text rows the grounding term pulls onto the edit region: every row (all), "
                              "the words naming the edit (naming), or those less the new colour or "
                              "kind (locating, the default)")
+    parser.add_argument("--reading-every", type=int, default=ShapesRecipe.reading_every,
+                        help="every n-th edit step (between --reading-from and --reading-until) is a "
+                             "reading step: colour changes alone, the edit masked, the loss on it only; "
+                             "0: none")
+    parser.add_argument("--reading-from", type=int, default=ShapesRecipe.reading_from,
+                        help="first edit step of the reading steps' span")
+    parser.add_argument("--reading-until", type=int, default=ShapesRecipe.reading_until,
+                        help="edit step where the reading steps' span ends (default: the last)")
     parser.add_argument("--reuse-vq", type=Path, default=None,
                         help="vqvae/ folder written by an earlier run of this recipe (same seed): "
                              "skips the VQ stage (about 11-13 minutes)")
@@ -597,12 +653,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def recipe_from_args(args: argparse.Namespace) -> ShapesRecipe:
     """The recipe's defaults with the command line's overrides."""
-    recipe = ShapesRecipe(seed=args.seed, targets=args.targets, grounding_rows=args.grounding_rows)
-    if args.steps is not None:
-        recipe.steps = args.steps
+    steps = ShapesRecipe.steps if args.steps is None else args.steps
+    return ShapesRecipe(seed=args.seed, targets=args.targets, grounding_rows=args.grounding_rows,
+                        steps=steps, reading_every=args.reading_every, reading_from=args.reading_from,
+                        reading_until=args.reading_until, objective=_objective_with(args))
+
+
+def _objective_with(args: argparse.Namespace) -> ObjectiveConfig:
+    objective = ShapesRecipe().objective
     if args.grounding_weight is not None:
-        recipe.objective.grounding_weight = args.grounding_weight
-    return recipe
+        objective = dataclasses.replace(objective, grounding_weight=args.grounding_weight)
+    return objective
 
 
 def main(argv: Optional[list[str]] = None) -> int:
