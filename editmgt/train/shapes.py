@@ -94,11 +94,13 @@ class ShapesRecipe:
     # reading steps: every reading_every-th edit step (0: none) among edit steps
     # [reading_from, reading_until) trains on edits of reading_kinds alone, every changed token
     # masked and the loss on those tokens only, so the instruction is the only source of the
-    # answer (docs/SHAPES.md, "Reading the new colour"); reading_until None: to the end
+    # answer (docs/SHAPES.md, "Reading the new colour"); reading_until None: to the end. The
+    # default is a block of 400 such steps once the model can draw, while the learning rate
+    # is still high: without it the new colour word never reaches the predictions
     reading_kinds: tuple[str, ...] = ("colour",)
-    reading_every: int = 0
-    reading_from: int = 0
-    reading_until: Optional[int] = None
+    reading_every: int = 1
+    reading_from: int = 600
+    reading_until: Optional[int] = 1000
     # text rows the grounding term reads (when objective.grounding_weight > 0): "all";
     # "naming", the rows of the words that name the edit (colours, shapes, places, backgrounds);
     # or "locating", those less the new colour or kind (`locating_words`): the words that find
@@ -452,6 +454,11 @@ def _mean_of_numbers(values: Sequence[float]) -> Optional[float]:
     return round(float(np.mean(kept)), 6) if kept else None
 
 
+def _shown(value: Optional[float]) -> str:
+    """A logged mean for the log line: 4 decimals, or '-' where the window had none."""
+    return "-" if value is None else f"{value:.4f}"
+
+
 def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = None,
                  pretrained_vq: Optional[Union[str, Path]] = None) -> dict:
     """Run the whole recipe into `out_dir`; returns the training log (also train_log.json).
@@ -595,10 +602,11 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
             mean["reading_edit_acc"] = _mean_of_numbers([w["edit_acc"] for w in reading_window])
             mean.update(step=step + 1, seconds=round(time.time() - t0, 1))
             log["transformer"].append(mean)
-            logger.info("step %d/%d loss %.4f acc %.3f copy %.3f edit %.3f keep %s grounding %s "
-                        "reading edit %s lr %.2e (%.0fs)", step + 1, total, mean["loss"], mean["acc"],
-                        mean["copy_acc"], mean["edit_acc"], mean["keep_acc"], mean["grounding"],
-                        mean["reading_edit_acc"], mean["lr"], mean["seconds"])
+            # a window may hold reading steps only (a block of them): its other means are None
+            logger.info("step %d/%d loss %s acc %s copy %s edit %s keep %s grounding %s reading edit %s "
+                        "lr %.2e (%.0fs)", step + 1, total, *(_shown(mean[k]) for k in (
+                            "loss", "acc", "copy_acc", "edit_acc", "keep_acc", "grounding", "reading_edit_acc")),
+                        stats["lr"], mean["seconds"])
             window, reading_window = [], []
     text.eval()
     model.eval()
