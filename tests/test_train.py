@@ -617,14 +617,17 @@ def test_copy_batch_draws_every_code_evenly():
 def test_reading_steps_come_every_nth_edit_step_and_draw_the_reading_kinds():
     from editmgt.train.shapes import EpochSampler, ShapesRecipe
 
-    recipe = ShapesRecipe(copy_warmup_steps=3, reading_every=4, steps=12)
+    recipe = ShapesRecipe(copy_warmup_steps=3, reading_every=4, reading_from=0, reading_until=None, steps=12)
     reading = [s for s in range(recipe.copy_warmup_steps + recipe.steps) if recipe.is_reading_step(s)]
     assert reading == [6, 10, 14]                      # edit steps 3, 7, 11; never in the copy warm-up
-    assert not any(ShapesRecipe().is_reading_step(s) for s in range(3000))     # off by default
+    assert not any(ShapesRecipe(reading_every=0).is_reading_step(s) for s in range(3000))
+    default = ShapesRecipe()                           # the shipped recipe: a block of 400
+    reading = [s for s in range(default.copy_warmup_steps + default.steps) if default.is_reading_step(s)]
+    assert reading == list(range(default.copy_warmup_steps + 600, default.copy_warmup_steps + 1000))
     block = ShapesRecipe(copy_warmup_steps=3, reading_every=1, reading_from=4, reading_until=7, steps=12)
     assert [s for s in range(15) if block.is_reading_step(s)] == [7, 8, 9]     # edit steps 4, 5, 6
     with pytest.raises(ValueError, match="reading_every"):
-        ShapesRecipe(reading_every=1)                  # every step a reading step: nothing else learnt
+        ShapesRecipe(reading_every=1, reading_from=0, reading_until=None)   # nothing else learnt
     with pytest.raises(ValueError, match="reading_every"):
         ShapesRecipe(reading_every=-2)
     with pytest.raises(ValueError, match="reading_kinds"):
