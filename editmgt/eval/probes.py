@@ -90,30 +90,40 @@ def _untouched_pixels(triple: data.EditTriple) -> np.ndarray:
     return others
 
 
+def _encode(pipe, images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, h, w) VQ ids on the CPU."""
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255)
+    return pipe.vq.encode(pixels.to(pipe.device)).cpu()
+
+
+def _first_step_logits(pipe, source_tokens: torch.Tensor, instructions: Sequence[str], steps: int) -> torch.Tensor:
+    """(B, K, h, w) float logits of the sampler's first step: an all-masked canvas at timestep
+    steps - 1, `source_tokens` (B, h, w) as reference, conditional branch only; on the CPU."""
+    model = pipe.transformer
+    n, size = len(instructions), source_tokens.shape[-1] * pipe.vq.scale_factor
+    emb = pipe.text.encode(list(instructions))
+    out = model(torch.full_like(source_tokens, model.config.mask_token_id).to(pipe.device),
+                emb.states.to(model.dtype), emb.pooled.to(model.dtype), pipe._micro_conds((size, size), n),
+                torch.full((n,), steps - 1, device=pipe.device), reference_tokens=source_tokens.to(pipe.device))
+    return out.logits.float().cpu()
+
+
 @torch.inference_mode()
 def first_step_accuracy(pipe, triples: Sequence[data.EditTriple], steps: int = EvalSettings.steps,
                         batch_size: int = 35) -> dict:
     """Argmax accuracy on an all-masked canvas (timestep steps - 1, conditional branch only)
     on the tokens each edit changes and on those of the shapes it leaves alone; targets are
     the VQ ids of the target image, the source's id where a token's pixels are unchanged."""
-    model, vq = pipe.transformer, pipe.vq
-    size = triples[0].source.shape[0]
-    factor = vq.scale_factor
+    factor = pipe.vq.scale_factor
     per_kind: dict[str, dict[str, list[float]]] = {}
     totals = {"changed": [0, 0], "untouched": [0, 0]}
     for start in range(0, len(triples), batch_size):
         chunk = triples[start:start + batch_size]
         sources, targets = np.stack([t.source for t in chunk]), np.stack([t.target for t in chunk])
-        src_px = torch.from_numpy(sources).permute(0, 3, 1, 2).float().div(255)
-        tgt_px = torch.from_numpy(targets).permute(0, 3, 1, 2).float().div(255)
-        src, tgt = vq.encode(src_px.to(pipe.device)).cpu(), vq.encode(tgt_px.to(pipe.device)).cpu()
+        src, tgt = _encode(pipe, sources), _encode(pipe, targets)
         tgt = torch.where(agreement_mask(sources, targets, factor), src, tgt)   # as the training targets
-        emb = pipe.text.encode([t.instruction for t in chunk])
-        out = model(torch.full_like(src, model.config.mask_token_id).to(pipe.device),
-                    emb.states.to(model.dtype), emb.pooled.to(model.dtype),
-                    pipe._micro_conds((size, size), len(chunk)), torch.full((len(chunk),), steps - 1, device=pipe.device),
-                    reference_tokens=src.to(pipe.device))
-        hit = out.logits.argmax(1).cpu() == tgt
+        logits = _first_step_logits(pipe, src, [t.instruction for t in chunk], steps)
+        hit = logits.argmax(1) == tgt
         for j, t in enumerate(chunk):
             changed = tgt[j] != src[j]
             untouched = _token_mask(_untouched_pixels(t), factor) & ~changed
@@ -160,35 +170,21 @@ def new_colour_reading(pipe, triples: Sequence[data.EditTriple], steps: int = Ev
     elsewhere) shows the shape in the asked colour, in the old colour, in another colour or in
     none, for the instruction; `follows_swap`, the share painted in the swapped colour when
     that is asked."""
-    model, vq = pipe.transformer, pipe.vq
     chosen = [t for t in triples if t.kind == "colour"]
     if not chosen:
         raise ValueError("no colour changes among the triples")
-    size = chosen[0].source.shape[0]
-
-    def encode(images: np.ndarray) -> torch.Tensor:
-        return vq.encode(torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).to(pipe.device)).cpu()
-
-    src = encode(np.stack([t.source for t in chosen]))
-    changed = encode(np.stack([t.target for t in chosen])) != src          # (B, h, w)
+    src = _encode(pipe, np.stack([t.source for t in chosen]))
+    changed = _encode(pipe, np.stack([t.target for t in chosen])) != src          # (B, h, w)
     swapped = [swap_new_colour(t) for t in chosen]
-
-    def first_step(instructions: list[str]) -> torch.Tensor:               # (B, K, h, w) log-probs
-        emb = pipe.text.encode(instructions)
-        out = model(torch.full_like(src, model.config.mask_token_id).to(pipe.device),
-                    emb.states.to(model.dtype), emb.pooled.to(model.dtype),
-                    pipe._micro_conds((size, size), len(instructions)),
-                    torch.full((len(instructions),), steps - 1, device=pipe.device),
-                    reference_tokens=src.to(pipe.device))
-        return out.logits.float().log_softmax(1).cpu()
 
     def painted(logp: torch.Tensor) -> list[Optional[str]]:
         canvas = torch.where(changed, logp.argmax(1), src)
-        images = vq.decode(canvas.to(pipe.device)).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+        images = pipe.vq.decode(canvas.to(pipe.device)).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
         images = (images * 255).round().astype(np.uint8)
         return [_painted_colour(img, t.info["new"]) for img, t in zip(images, chosen)]
 
-    asked, other = first_step([t.instruction for t in chosen]), first_step([i for i, _ in swapped])
+    asked = _first_step_logits(pipe, src, [t.instruction for t in chosen], steps).log_softmax(1)
+    other = _first_step_logits(pipe, src, [i for i, _ in swapped], steps).log_softmax(1)
     kl = (asked.exp() * (asked - other)).sum(1)[changed].mean()
     outcomes = {"asked": 0, "old": 0, "another": 0, "none": 0}
     for colour, t in zip(painted(asked), chosen):

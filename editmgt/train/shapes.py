@@ -128,17 +128,19 @@ class ShapesRecipe:
             raise ValueError(f"unknown reading_kinds {unknown}: use {', '.join(data.EDIT_KINDS)}")
         if self.reading_every < 0:
             raise ValueError("reading_every must be 0 (no reading steps) or positive")
-        until = self.steps if self.reading_until is None else min(self.reading_until, self.steps)
-        if self.reading_every == 1 and self.reading_from <= 0 and until >= self.steps:
+        if self.reading_every == 1 and self.reading_from <= 0 and self._reading_until() >= self.steps:
             raise ValueError("reading_every 1 over every edit step leaves no step for the other edits: "
                              "bound it with reading_from / reading_until")
 
     def is_reading_step(self, step: int) -> bool:
         """Whether transformer step `step` (0-based, copy warm-up included) is a reading step."""
         edit_step = step - self.copy_warmup_steps - self.reading_from
-        until = self.steps if self.reading_until is None else self.reading_until
-        return (self.reading_every > 0 and 0 <= edit_step < until - self.reading_from
+        return (self.reading_every > 0 and 0 <= edit_step < self._reading_until() - self.reading_from
                 and edit_step % self.reading_every == self.reading_every - 1)
+
+    def _reading_until(self) -> int:
+        """The edit step where the reading steps' span ends (at most the last)."""
+        return self.steps if self.reading_until is None else min(self.reading_until, self.steps)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
