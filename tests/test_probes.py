@@ -3,13 +3,15 @@
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from editmgt.data import shapes as data
-from editmgt.eval.probes import (first_step_accuracy, keeping_through_sampling, new_colour_reading,
-                                  swap_new_colour, text_stream_similarity)
+from editmgt.eval.probes import (READ_WORDS, first_step_accuracy, keeping_through_sampling,
+                                  new_word_reading, swap_read_word, text_stream_similarity)
+from editmgt.eval.shapes import check_edit
 from editmgt.models.transformer import TransformerOutput
 from editmgt.pipeline import EditMGTPipeline
 
@@ -104,24 +106,16 @@ def test_keeping_through_sampling_of_a_sure_copier_and_a_redrawer():
     assert all(r["kept"] == 0.0 and r["predicted_kept"] == 0.0 for r in rows)
 
 
-class _ColourOracle(torch.nn.Module):
-    """Paints each colour change in the colour its instruction names: it recognises the
-    instruction by its pooled text vector among those it was shown, and predicts the VQ
-    tokens of the source scene with the named shape in that colour."""
+class _DrawingOracle(torch.nn.Module):
+    """Draws what each instruction it was shown asks: it recognises the instruction by its
+    pooled text vector and predicts the VQ tokens of that edit's target."""
 
-    def __init__(self, pipe, triples) -> None:
+    def __init__(self, pipe, edits) -> None:
         super().__init__()
         self.config, self.dtype = pipe.transformer.config, pipe.transformer.dtype
         self.anchor = torch.nn.Parameter(torch.zeros(()))
-        keys, answers = [], []
-        for t in triples:
-            for instruction, colour in ((t.instruction, t.info["new"].colour), swap_new_colour(t)):
-                shapes = tuple(dataclasses.replace(s, colour=colour) if s == t.info["old"] else s
-                               for s in t.source_scene.shapes)
-                image = data.render(dataclasses.replace(t.source_scene, shapes=shapes))
-                keys.append(pipe.text.encode([instruction]).pooled[0])
-                answers.append(pipe.vq.encode(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)[0])
-        self.keys, self.answers = torch.stack(keys), torch.stack(answers)
+        self.keys = torch.stack([pipe.text.encode([t.instruction]).pooled[0] for t in edits])
+        self.answers = pipe.vq.encode(torch.from_numpy(np.stack([t.target for t in edits])).permute(0, 3, 1, 2).float() / 255)
 
     def forward(self, tokens, text_states, pooled_text, micro_conds, timestep, reference_tokens=None, **_):
         which = torch.cdist(pooled_text.float(), self.keys).argmin(1)
@@ -129,23 +123,46 @@ class _ColourOracle(torch.nn.Module):
         return TransformerOutput(logits=20.0 * one_hot.float(), text_to_image={})
 
 
-def test_new_colour_reading_of_a_model_that_ignores_the_word_and_of_one_that_reads_it():
+def test_swap_read_word_says_and_draws_another_shape_the_scene_allows():
+    for index in range(60):
+        triple = data.make_triple(0, index, "eval")
+        if triple.kind not in READ_WORDS:
+            with pytest.raises(ValueError, match="no word that says what to draw"):
+                swap_read_word(triple)
+            continue
+        swapped = swap_read_word(triple)
+        if swapped is None:                      # a replacement whose other kinds are all taken
+            assert triple.kind == "replace"
+            continue
+        new, other = triple.info["new"], swapped.info["new"]
+        changed = [f for f in ("colour", "kind", "cell") if getattr(new, f) != getattr(other, f)]
+        assert changed == [{"colour": "colour", "add": "kind", "replace": "kind", "move": "cell"}[triple.kind]]
+        assert swapped.instruction != triple.instruction and swapped.info["template"] == triple.info["template"]
+        # the swapped edit is one the data could make: its target is the source with `other` drawn
+        assert len({(s.kind, s.colour) for s in swapped.target_scene.shapes}) == len(swapped.target_scene.shapes)
+        assert len({s.cell for s in swapped.target_scene.shapes}) == len(swapped.target_scene.shapes)
+        assert check_edit(swapped.target, swapped) and not check_edit(triple.target, swapped)
+        assert np.array_equal(swapped.source, triple.source)
+
+
+@pytest.mark.parametrize("kind", list(READ_WORDS))
+def test_new_word_reading_of_a_model_that_ignores_the_word_and_of_one_that_reads_it(kind):
     pipe = EditMGTPipeline.from_pretrained(SHIPPED)
-    triples = [data.make_triple(0, i, "eval") for i in range(0, 70, 7)]          # colour changes
-    assert {t.kind for t in triples} == {"colour"}
-    instruction, colour = swap_new_colour(triples[0])
-    assert instruction.split(" ").count(colour) == 1 and triples[0].info["new"].colour not in instruction.split(" ")
+    offset = data.EDIT_KINDS.index(kind)
+    triples = [data.make_triple(0, i, "eval") for i in range(offset, offset + 56, 7)]
+    assert {t.kind for t in triples} == {kind}
+    triples = [t for t in triples if swap_read_word(t) is not None]   # edits that allow a swap
+    assert len(triples) >= 7
 
     model = pipe.transformer
-    pipe.transformer = _Copier(model)                     # reads nothing: keeps the old colour
-    ignored = new_colour_reading(pipe, triples + [data.make_triple(0, 1, "eval")])   # non-colour edits skipped
+    pipe.transformer = _Copier(model)                     # reads nothing: keeps the source
+    ignored = new_word_reading(pipe, triples + [data.make_triple(0, 2, "eval")], kind)   # other edits skipped
     assert ignored["n"] == len(triples)
-    assert ignored["kl"] == 0.0 and ignored["follows_swap"] == 0.0
-    assert ignored["painted"]["old"] == 1.0
+    assert ignored["kl"] == 0.0 and ignored["done"] == 0.0 and ignored["follows_swap"] == 0.0
 
-    pipe.transformer = _ColourOracle(pipe, triples)       # reads the word perfectly
-    read = new_colour_reading(pipe, triples)
+    pipe.transformer = _DrawingOracle(pipe, triples + [swap_read_word(t) for t in triples])   # reads it
+    read = new_word_reading(pipe, triples, kind)
     assert read["kl"] > 1.0
-    assert read["painted"]["asked"] >= 0.9 and read["follows_swap"] >= 0.9
-    with pytest.raises(ValueError, match="no colour changes"):
-        new_colour_reading(pipe, [data.make_triple(0, 1, "eval")])
+    assert read["done"] >= 0.85 and read["follows_swap"] >= 0.85
+    with pytest.raises(ValueError, match=f"no {kind} edits"):
+        new_word_reading(pipe, [data.make_triple(0, 2, "eval")], kind)

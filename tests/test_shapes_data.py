@@ -58,6 +58,29 @@ def test_instructions_name_the_edit():
             assert t.instruction.endswith(t.info["pos"])
 
 
+def test_redraw_with_the_same_shape_is_the_same_triple_and_another_shape_is_said_and_drawn():
+    for i in range(21):
+        t = data.make_triple(4, i, "eval")
+        if "new" not in t.info:                                    # remove, background, style
+            with pytest.raises(ValueError, match="draws no new shape"):
+                data.redraw(t, data.Shape("circle", "red", 0))
+            continue
+        same = data.redraw(t, t.info["new"])
+        assert same.instruction == t.instruction and same.info == t.info
+        assert np.array_equal(same.target, t.target) and np.array_equal(same.mask, t.mask)
+        new = t.info["new"]
+        free = next(c for c in range(9) if c not in {s.cell for s in t.target_scene.shapes})
+        other = data.Shape("triangle" if new.kind != "triangle" else "star", new.colour, free)
+        moved = data.redraw(t, other)
+        assert other in moved.target_scene.shapes and new not in moved.target_scene.shapes
+        assert moved.mask[data.shape_mask(other.kind, other.cell)].all()
+        assert np.array_equal(moved.source, t.source) and moved.info["template"] == t.info["template"]
+        if t.kind in ("add", "move"):
+            assert moved.instruction.endswith(data.POSITIONS[free])
+        if t.kind in ("add", "replace"):
+            assert other.kind in moved.instruction.split()
+
+
 @pytest.mark.parametrize("split", ["train", "eval"])
 def test_pixel_checks_accept_targets_and_reject_sources(split):
     for i in range(70):

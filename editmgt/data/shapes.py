@@ -361,6 +361,22 @@ def make_triple(seed: int, index: int, split: str = "train", kind: Optional[str]
     raise RuntimeError("could not sample a triple (should not happen)")
 
 
+def redraw(triple: EditTriple, new: Shape) -> EditTriple:
+    """The same edit of the same source with `new` drawn in place of the shape it draws
+    (colour changes, adds, replacements, moves): another colour, kind or place, said with
+    the same template. The caller keeps `new` a shape the edit could have made."""
+    if "new" not in triple.info:
+        raise ValueError(f"a {triple.kind} edit draws no new shape")
+    scene = _replace_shape(triple.target_scene, triple.info["new"], new)
+    said = {"colour": new.colour, "kind": new.kind, "pos": POSITIONS[new.cell]}
+    info = dict(triple.info, new=new, **{k: v for k, v in said.items() if k in triple.info})
+    instruction = info["template"].format(**{k: v for k, v in info.items() if isinstance(v, str)})
+    size = triple.source.shape[0]
+    return EditTriple(triple.source, instruction, render(scene, size),
+                      _region(triple.source_scene, scene, triple.kind, info, size), triple.kind,
+                      triple.source_scene, scene, info)
+
+
 def iter_triples(seed: int, n: int, split: str = "train", start: int = 0) -> Iterator[EditTriple]:
     """Yield triples `start` .. `start + n - 1` of the seeded stream."""
     for i in range(start, start + n):

@@ -11,12 +11,12 @@
   the tokens of the shapes it leaves alone, per edit kind. An edit applied to every shape
   scores high on the first and near 0 on the second; a model that tells the named shape from
   the others scores high on both.
-- `new_colour_reading`: does the new colour word of a colour change reach the predictions?
-  On the first step, the KL divergence between the predictions on the tokens the edit
-  changes for the instruction and for the same instruction with another new colour, and
-  which colour the first step paints the shape with (the edit's, the old one, another, or
-  none) for each of the two. A model that ignores the word has KL 0 and never follows the
-  swap; one that reads it paints the swapped colour when asked.
+- `new_word_reading`: does the word that says what to draw reach the predictions (the new
+  colour of a colour change, the new kind of an add or a replacement, the new place of a
+  move)? On the first step, the KL divergence between the predictions for the instruction
+  and for the same instruction with that word swapped, on the tokens either edit changes,
+  and how often the first step's canvas passes each edit's check. A model that ignores the
+  word has KL 0 and never follows the swap; one that reads it draws the swapped shape.
 - `keeping_through_sampling`: the same untouched-shape tokens followed through a real edit
   (the sampler, guidance, every step): how many are on the canvas after each step, how many
   of those are the source's token, and how many of the step's full prediction are. It
@@ -27,6 +27,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from typing import Optional, Sequence
@@ -36,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from editmgt.data import shapes as data
-from editmgt.eval.shapes import COLOUR_FRACTION, EvalSettings, colour_fraction, erode, untouched_shapes
+from editmgt.eval.shapes import EvalSettings, check_edit, untouched_shapes
 from editmgt.train.shapes import agreement_mask
 
 
@@ -141,59 +142,59 @@ def first_step_accuracy(pipe, triples: Sequence[data.EditTriple], steps: int = E
     }
 
 
-def swap_new_colour(triple: data.EditTriple) -> tuple[str, str]:
-    """(instruction, colour): a colour change's instruction with its new colour word replaced by
-    the first shape colour that is neither the new nor the old one."""
-    new, old = triple.info["new"].colour, triple.info["old"].colour
-    other = next(c for c in data.SHAPE_COLOURS if c not in (new, old))
-    words = triple.instruction.split(" ")
-    if words.count(new) != 1:
-        raise ValueError(f"expected the new colour {new!r} once in {triple.instruction!r}")
-    return " ".join(other if w == new else w for w in words), other
+# The word that says what an edit draws, for the edits that draw a new shape.
+READ_WORDS: dict[str, str] = {"colour": "new colour", "add": "new kind", "replace": "new kind",
+                              "move": "new place"}
 
 
-def _painted_colour(image: np.ndarray, shape: data.Shape) -> Optional[str]:
-    """The shape colour that fills at least COLOUR_FRACTION of the shape's inner pixels, or None."""
-    inner = erode(data.shape_mask(shape.kind, shape.cell, image.shape[0]))
-    for colour in data.SHAPE_COLOURS:
-        if colour_fraction(image, inner, colour) >= COLOUR_FRACTION:
-            return colour
-    return None
+def swap_read_word(triple: data.EditTriple) -> Optional[data.EditTriple]:
+    """`triple` with the word that says what to draw swapped (`READ_WORDS`): the first other
+    colour, kind or free cell (in the data's order) that the scene allows, drawn instead
+    (`data.redraw`), e.g. "make the red circle blue" -> "make the red circle green"; None
+    when the scene allows no other (a replacement whose other kinds are all taken)."""
+    if triple.kind not in READ_WORDS:
+        raise ValueError(f"a {triple.kind} edit has no word that says what to draw: use {', '.join(READ_WORDS)}")
+    new, old = triple.info["new"], triple.info.get("old")
+    if triple.kind == "colour":
+        options = [dataclasses.replace(new, colour=c) for c in data.SHAPE_COLOURS if c not in (new.colour, old.colour)]
+    elif triple.kind == "move":
+        taken = {s.cell for s in triple.source_scene.shapes}
+        options = [dataclasses.replace(new, cell=c) for c in range(len(data.POSITIONS)) if c not in taken | {new.cell}]
+    else:
+        options = [dataclasses.replace(new, kind=k) for k in data.SHAPE_KINDS if k not in (new.kind, old and old.kind)]
+    names = {(s.kind, s.colour) for s in triple.source_scene.shapes if s != old}
+    allowed = [s for s in options if (s.kind, s.colour) not in names]
+    return data.redraw(triple, allowed[0]) if allowed else None
 
 
 @torch.inference_mode()
-def new_colour_reading(pipe, triples: Sequence[data.EditTriple], steps: int = EvalSettings.steps) -> dict:
-    """First-step (all-masked, conditional) reading of the new colour word, over the colour
-    changes among `triples`: `kl`, the mean KL divergence on the tokens the edit changes
-    between the instruction and the instruction with the colour swapped (`swap_new_colour`);
-    `painted`, how often the first step's canvas (argmax on those tokens, the source's token
-    elsewhere) shows the shape in the asked colour, in the old colour, in another colour or in
-    none, for the instruction; `follows_swap`, the share painted in the swapped colour when
-    that is asked."""
-    chosen = [t for t in triples if t.kind == "colour"]
+def new_word_reading(pipe, triples: Sequence[data.EditTriple], kind: str = "colour",
+                     steps: int = EvalSettings.steps) -> dict:
+    """First-step (all-masked, conditional) reading of the word that says what to draw, over
+    the edits of `kind` among `triples` (`READ_WORDS`) that allow a swap: `kl`, the mean KL
+    divergence between the predictions for the instruction and for the instruction with that
+    word swapped (`swap_read_word`), on the tokens either edit changes; `done`, how often the first step's
+    canvas (argmax on those tokens, the source's token elsewhere) passes the edit's check;
+    `follows_swap`, how often the swapped instruction's canvas passes the swapped edit's."""
+    pairs = [(t, swap_read_word(t)) for t in triples if t.kind == kind]
+    chosen, swapped = [t for t, s in pairs if s is not None], [s for _, s in pairs if s is not None]
     if not chosen:
-        raise ValueError("no colour changes among the triples")
+        raise ValueError(f"no {kind} edits among the triples")
     src = _encode(pipe, np.stack([t.source for t in chosen]))
-    changed = _encode(pipe, np.stack([t.target for t in chosen])) != src          # (B, h, w)
-    swapped = [swap_new_colour(t) for t in chosen]
+    changed = ((_encode(pipe, np.stack([t.target for t in chosen])) != src)
+               | (_encode(pipe, np.stack([t.target for t in swapped])) != src))           # (B, h, w)
 
-    def painted(logp: torch.Tensor) -> list[Optional[str]]:
+    def passed(logp: torch.Tensor, edits: list[data.EditTriple]) -> float:
         canvas = torch.where(changed, logp.argmax(1), src)
         images = pipe.vq.decode(canvas.to(pipe.device)).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
         images = (images * 255).round().astype(np.uint8)
-        return [_painted_colour(img, t.info["new"]) for img, t in zip(images, chosen)]
+        return float(np.mean([check_edit(img, t) for img, t in zip(images, edits)]))
 
     asked = _first_step_logits(pipe, src, [t.instruction for t in chosen], steps).log_softmax(1)
-    other = _first_step_logits(pipe, src, [i for i, _ in swapped], steps).log_softmax(1)
+    other = _first_step_logits(pipe, src, [t.instruction for t in swapped], steps).log_softmax(1)
     kl = (asked.exp() * (asked - other)).sum(1)[changed].mean()
-    outcomes = {"asked": 0, "old": 0, "another": 0, "none": 0}
-    for colour, t in zip(painted(asked), chosen):
-        key = ("asked" if colour == t.info["new"].colour else "old" if colour == t.info["old"].colour
-               else "none" if colour is None else "another")
-        outcomes[key] += 1
-    follows = [colour == c for colour, (_, c) in zip(painted(other), swapped)]
-    return {"n": len(chosen), "kl": float(kl), "painted": {k: v / len(chosen) for k, v in outcomes.items()},
-            "follows_swap": float(np.mean(follows))}
+    return {"n": len(chosen), "kl": float(kl), "done": passed(asked, chosen),
+            "follows_swap": passed(other, swapped)}
 
 
 def _untouched_tokens(triple: data.EditTriple, factor: int) -> torch.Tensor:
@@ -263,12 +264,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             cells = [f"{100 * v[k]:.1f} %" if v[k] is not None else "-" for k in ("changed", "untouched")]
             print(f"| {kind} | {cells[0]} | {cells[1]} |")
     print("\n" + json.dumps(acc))
-    reading = new_colour_reading(pipe, triples)
-    print(f"\nnew colour word, first step, {reading['n']} held-out colour changes: KL on the changed "
-          f"tokens when the word is swapped {reading['kl']:.4f}; shape painted in the asked colour "
-          f"{100 * reading['painted']['asked']:.1f} %, the old one {100 * reading['painted']['old']:.1f} %, "
-          f"another {100 * reading['painted']['another']:.1f} %, none {100 * reading['painted']['none']:.1f} %; "
-          f"in the swapped colour when that is asked {100 * reading['follows_swap']:.1f} %")
+    print(f"\nthe word that says what to draw, first step, held-out edits (of {args.n}):")
+    print("| edit | word swapped | n | KL when swapped | drawn as asked | follows the swap |\n|---|---|---|---|---|---|")
+    for kind, word in READ_WORDS.items():
+        r = new_word_reading(pipe, triples, kind)
+        print(f"| {kind} | {word} | {r['n']} | {r['kl']:.4f} | {100 * r['done']:.1f} % | {100 * r['follows_swap']:.1f} % |")
     for guidance in args.guidance:
         rows = keeping_through_sampling(pipe, triples[:args.n_sampled], guidance, seed=args.seed)
         print(f"\nuntouched-shape tokens through sampling, guidance {guidance:g} "
