@@ -363,9 +363,12 @@ def test_shapes_command_line_overrides_the_recipe():
     changed = recipe_from_args(parse(["--out", "x", "--grounding-rows", "naming",
                                       "--grounding-weight", "0", "--steps", "7"]))
     assert (changed.grounding_rows, changed.objective.grounding_weight, changed.steps) == ("naming", 0.0, 7)
-    block = recipe_from_args(parse(["--out", "x", "--reading-every", "1", "--reading-from", "600",
-                                    "--reading-until", "1000"]))
-    assert (block.reading_every, block.reading_from, block.reading_until) == (1, 600, 1000)
+    block = recipe_from_args(parse(["--out", "x", "--reading-every", "2", "--reading-from", "500",
+                                    "--reading-until", "1200", "--reading-kinds", "colour", "add"]))
+    assert (block.reading_every, block.reading_from, block.reading_until) == (2, 500, 1200)
+    assert block.reading_kinds == ("colour", "add")
+    with pytest.raises(SystemExit):
+        parse(["--out", "x", "--reading-kinds", "recolour"])
     assert ShapesRecipe().grounding_rows == "locating"
     assert ShapesRecipe().objective.grounding_weight > 0       # the override did not leak into the defaults
     with pytest.raises(SystemExit):
@@ -621,9 +624,10 @@ def test_reading_steps_come_every_nth_edit_step_and_draw_the_reading_kinds():
     reading = [s for s in range(recipe.copy_warmup_steps + recipe.steps) if recipe.is_reading_step(s)]
     assert reading == [6, 10, 14]                      # edit steps 3, 7, 11; never in the copy warm-up
     assert not any(ShapesRecipe(reading_every=0).is_reading_step(s) for s in range(3000))
-    default = ShapesRecipe()                           # the shipped recipe: a block of 400
+    default = ShapesRecipe()                           # the shipped recipe: a block of 600
     reading = [s for s in range(default.copy_warmup_steps + default.steps) if default.is_reading_step(s)]
-    assert reading == list(range(default.copy_warmup_steps + 600, default.copy_warmup_steps + 1000))
+    assert reading == list(range(default.copy_warmup_steps + 600, default.copy_warmup_steps + 1200))
+    assert default.reading_kinds == ("colour", "add", "replace")
     block = ShapesRecipe(copy_warmup_steps=3, reading_every=1, reading_from=4, reading_until=7, steps=12)
     assert [s for s in range(15) if block.is_reading_step(s)] == [7, 8, 9]     # edit steps 4, 5, 6
     with pytest.raises(ValueError, match="reading_every"):

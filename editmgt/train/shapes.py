@@ -95,12 +95,13 @@ class ShapesRecipe:
     # [reading_from, reading_until) trains on edits of reading_kinds alone, every changed token
     # masked and the loss on those tokens only, so the instruction is the only source of the
     # answer (docs/SHAPES.md, "Reading the new colour"); reading_until None: to the end. The
-    # default is a block of 400 such steps once the model can draw, while the learning rate
-    # is still high: without it the new colour word never reaches the predictions
-    reading_kinds: tuple[str, ...] = ("colour",)
+    # default is a block of 600 such steps on the edits that name what to draw (a colour or
+    # a kind) once the model can draw, while the learning rate is still high: without it
+    # those words never reach the predictions
+    reading_kinds: tuple[str, ...] = ("colour", "add", "replace")
     reading_every: int = 1
     reading_from: int = 600
-    reading_until: Optional[int] = 1000
+    reading_until: Optional[int] = 1200
     # text rows the grounding term reads (when objective.grounding_weight > 0): "all";
     # "naming", the rows of the words that name the edit (colours, shapes, places, backgrounds);
     # or "locating", those less the new colour or kind (`locating_words`): the words that find
@@ -465,9 +466,13 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
                  pretrained_vq: Optional[Union[str, Path]] = None) -> dict:
     """Run the whole recipe into `out_dir`; returns the training log (also train_log.json).
 
-    pretrained_vq: a `vqvae/` folder to reuse instead of training the VQ (experiments only;
-    the shipped checkpoint trains it).
+    pretrained_vq: a `vqvae/` folder to reuse instead of training the VQ (experiments only:
+    the same VQ weights tokenise a few near-tie patches differently in a process that has not
+    trained them, so the transformer that follows differs from the whole run's; the shipped
+    checkpoint trains it).
     """
+    from diffusers import VQModel
+
     from editmgt.models.text_encoders import TextConditioner
     from editmgt.models.transformer import EditMGTTransformer, TransformerConfig
     from editmgt.models.vq import VQTokenizer
@@ -511,13 +516,11 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
         return pool[torch.randint(0, pool.shape[0], (b,), generator=gen)]
 
     if pretrained_vq is not None:
-        from diffusers import VQModel
-
         vq_model = VQModel.from_pretrained(pretrained_vq, use_safetensors=True).eval()
     else:
         vq_model = train_vq(sample_batch, recipe.vq, recipe.vq_train, seed=recipe.seed + 30)
     vq_model.save_pretrained(out / "vqvae", safe_serialization=True)
-    log["vq"] = recipe.vq_train.history
+    log["vq"] = recipe.vq_train.history if pretrained_vq is None else []
     log["timings"]["vq_s"] = round(time.time() - t0, 1)
     vq = VQTokenizer(vq_model)
 
@@ -649,12 +652,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "kind (locating, the default)")
     parser.add_argument("--reading-every", type=int, default=ShapesRecipe.reading_every,
                         help="every n-th edit step (between --reading-from and --reading-until) is a "
-                             "reading step: colour changes alone, the edit masked, the loss on it only; "
-                             "0: none")
+                             "reading step: edits of the --reading-kinds alone, the edit masked, the "
+                             "loss on it only; 0: none")
+    parser.add_argument("--reading-kinds", nargs="+", choices=data.EDIT_KINDS, default=list(ShapesRecipe.reading_kinds),
+                        help="edit kinds the reading steps train on")
     parser.add_argument("--reading-from", type=int, default=ShapesRecipe.reading_from,
                         help="first edit step of the reading steps' span")
     parser.add_argument("--reading-until", type=int, default=ShapesRecipe.reading_until,
-                        help="edit step where the reading steps' span ends (default: the last)")
+                        help="edit step where the reading steps' span ends")
     parser.add_argument("--reuse-vq", type=Path, default=None,
                         help="vqvae/ folder written by an earlier run of this recipe (same seed): "
                              "skips the VQ stage (about 11-13 minutes)")
@@ -665,8 +670,8 @@ def recipe_from_args(args: argparse.Namespace) -> ShapesRecipe:
     """The recipe's defaults with the command line's overrides."""
     steps = ShapesRecipe.steps if args.steps is None else args.steps
     return ShapesRecipe(seed=args.seed, targets=args.targets, grounding_rows=args.grounding_rows,
-                        steps=steps, reading_every=args.reading_every, reading_from=args.reading_from,
-                        reading_until=args.reading_until, objective=_objective_with(args))
+                        steps=steps, reading_kinds=tuple(args.reading_kinds), reading_every=args.reading_every,
+                        reading_from=args.reading_from, reading_until=args.reading_until, objective=_objective_with(args))
 
 
 def _objective_with(args: argparse.Namespace) -> ObjectiveConfig:
