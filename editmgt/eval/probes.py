@@ -52,8 +52,7 @@ def text_stream_similarity(pipe, instruction: str, source: np.ndarray,
     words = emb.token_ids[0] != stream.tokenizer.pad_token_id                   # (T,)
     if int(words.sum()) < 2:
         raise ValueError("the instruction needs at least two tokens")
-    pixels = torch.from_numpy(source).permute(2, 0, 1)[None].float().div(255).to(pipe.device)
-    src = pipe.vq.encode(pixels)                                                # (1, h, w)
+    src = _encode(pipe, source[None]).to(pipe.device)                           # (1, h, w)
     rows: list[dict] = []
 
     def record(name: str, states: torch.Tensor) -> None:
@@ -173,9 +172,10 @@ def new_word_reading(pipe, triples: Sequence[data.EditTriple], kind: str = "colo
     """First-step (all-masked, conditional) reading of the word that says what to draw, over
     the edits of `kind` among `triples` (`READ_WORDS`) that allow a swap: `kl`, the mean KL
     divergence between the predictions for the instruction and for the instruction with that
-    word swapped (`swap_read_word`), on the tokens either edit changes; `done`, how often the first step's
-    canvas (argmax on those tokens, the source's token elsewhere) passes the edit's check;
-    `follows_swap`, how often the swapped instruction's canvas passes the swapped edit's."""
+    word swapped (`swap_read_word`), on the tokens either edit changes; `done`, how often the
+    first step's canvas (argmax on those tokens, the source's token elsewhere) passes the
+    edit's check; `follows_swap`, how often the swapped instruction's canvas passes the
+    swapped edit's."""
     pairs = [(t, swap_read_word(t)) for t in triples if t.kind == kind]
     chosen, swapped = [t for t, s in pairs if s is not None], [s for _, s in pairs if s is not None]
     if not chosen:

@@ -471,8 +471,6 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
     trained them, so the transformer that follows differs from the whole run's; the shipped
     checkpoint trains it).
     """
-    from diffusers import VQModel
-
     from editmgt.models.text_encoders import TextConditioner
     from editmgt.models.transformer import EditMGTTransformer, TransformerConfig
     from editmgt.models.vq import VQTokenizer
@@ -516,6 +514,8 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
         return pool[torch.randint(0, pool.shape[0], (b,), generator=gen)]
 
     if pretrained_vq is not None:
+        from diffusers import VQModel
+
         vq_model = VQModel.from_pretrained(pretrained_vq, use_safetensors=True).eval()
     else:
         vq_model = train_vq(sample_batch, recipe.vq, recipe.vq_train, seed=recipe.seed + 30)
