@@ -369,6 +369,13 @@ def test_shapes_command_line_overrides_the_recipe():
     assert block.reading_kinds == ("colour", "add")
     with pytest.raises(SystemExit):
         parse(["--out", "x", "--reading-kinds", "recolour"])
+    weighted = recipe_from_args(parse(["--out", "x", "--kind-repeats", "style=2", "background=3"]))
+    assert weighted.kind_repeats == {"style": 2, "background": 3} and default.kind_repeats == {}
+    for bad in ("style", "grey=2", "style=0", "style=two"):
+        with pytest.raises(ValueError, match="kind-repeats"):
+            recipe_from_args(parse(["--out", "x", "--kind-repeats", bad]))
+    with pytest.raises(ValueError, match="kind_repeats"):
+        ShapesRecipe(kind_repeats={"move": 0})
     assert ShapesRecipe().grounding_rows == "locating"
     assert ShapesRecipe().objective.grounding_weight > 0       # the override did not leak into the defaults
     with pytest.raises(SystemExit):
@@ -626,7 +633,7 @@ def test_reading_steps_come_every_nth_edit_step_and_draw_the_reading_kinds():
     assert not any(ShapesRecipe(reading_every=0).is_reading_step(s) for s in range(3000))
     default = ShapesRecipe()                           # the shipped recipe: a block of 600
     reading = [s for s in range(default.copy_warmup_steps + default.steps) if default.is_reading_step(s)]
-    assert reading == list(range(default.copy_warmup_steps + 600, default.copy_warmup_steps + 1200))
+    assert reading == list(range(default.copy_warmup_steps + 450, default.copy_warmup_steps + 1050))
     assert default.reading_kinds == ("colour", "add", "replace")
     block = ShapesRecipe(copy_warmup_steps=3, reading_every=1, reading_from=4, reading_until=7, steps=12)
     assert [s for s in range(15) if block.is_reading_step(s)] == [7, 8, 9]     # edit steps 4, 5, 6

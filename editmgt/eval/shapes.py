@@ -253,7 +253,7 @@ class EvalSettings:
     # The step values the model was trained on (15 ... 0 for 16 steps): with fewer steps the first,
     # all-masked step would carry the value training gave a partly visible canvas.
     steps: int = ObjectiveConfig().sampling_steps
-    guidance: float = 2.0                 # chosen on the training split (docs/SHAPES.md)
+    guidance: float = 1.0                 # chosen on the training split (docs/SHAPES.md)
     gamma: float = 1.0
     smoothing: str = "adaptive"
     smoothing_strength: float = 1.0

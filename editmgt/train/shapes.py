@@ -96,12 +96,13 @@ class ShapesRecipe:
     # masked and the loss on those tokens only, so the instruction is the only source of the
     # answer (docs/SHAPES.md, "Reading the new colour"); reading_until None: to the end. The
     # default is a block of 600 such steps on the edits that name what to draw (a colour or
-    # a kind) once the model can draw, while the learning rate is still high: without it
-    # those words never reach the predictions
+    # a kind) once the model can draw, while the learning rate is still high, and early
+    # enough to leave 750 steps of the mix after it: without it those words never reach
+    # the predictions
     reading_kinds: tuple[str, ...] = ("colour", "add", "replace")
     reading_every: int = 1
-    reading_from: int = 600
-    reading_until: Optional[int] = 1200
+    reading_from: int = 450
+    reading_until: Optional[int] = 1050
     # text rows the grounding term reads (when objective.grounding_weight > 0): "all";
     # "naming", the rows of the words that name the edit (colours, shapes, places, backgrounds);
     # or "locating", those less the new colour or kind (`locating_words`): the words that find
@@ -127,6 +128,9 @@ class ShapesRecipe:
         unknown = [k for k in self.reading_kinds if k not in data.EDIT_KINDS]
         if unknown:
             raise ValueError(f"unknown reading_kinds {unknown}: use {', '.join(data.EDIT_KINDS)}")
+        bad = {k: n for k, n in self.kind_repeats.items() if k not in data.EDIT_KINDS or n < 1}
+        if bad:
+            raise ValueError(f"bad kind_repeats {bad}: kinds of {', '.join(data.EDIT_KINDS)}, counts >= 1")
         if self.reading_every < 0:
             raise ValueError("reading_every must be 0 (no reading steps) or positive")
         if self.reading_every == 1 and self.reading_from <= 0 and self._reading_until() >= self.steps:
@@ -660,6 +664,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="first edit step of the reading steps' span")
     parser.add_argument("--reading-until", type=int, default=ShapesRecipe.reading_until,
                         help="edit step where the reading steps' span ends")
+    parser.add_argument("--kind-repeats", nargs="+", default=[], metavar="KIND=N",
+                        help="edit kinds drawn N times per epoch of the mix instead of once "
+                             "(e.g. style=2 background=2)")
     parser.add_argument("--reuse-vq", type=Path, default=None,
                         help="vqvae/ folder written by an earlier run of this recipe (same seed): "
                              "skips the VQ stage (about 11-13 minutes)")
@@ -671,7 +678,20 @@ def recipe_from_args(args: argparse.Namespace) -> ShapesRecipe:
     steps = ShapesRecipe.steps if args.steps is None else args.steps
     return ShapesRecipe(seed=args.seed, targets=args.targets, grounding_rows=args.grounding_rows,
                         steps=steps, reading_kinds=tuple(args.reading_kinds), reading_every=args.reading_every,
-                        reading_from=args.reading_from, reading_until=args.reading_until, objective=_objective_with(args))
+                        reading_from=args.reading_from, reading_until=args.reading_until,
+                        kind_repeats=_kind_repeats(args.kind_repeats), objective=_objective_with(args))
+
+
+def _kind_repeats(pairs: Sequence[str]) -> dict[str, int]:
+    """["style=2", ...] -> {"style": 2}; a clear error for a bad kind or count."""
+    repeats = {}
+    for pair in pairs:
+        kind, sep, count = pair.partition("=")
+        if not sep or kind not in data.EDIT_KINDS or not count.isdigit() or int(count) < 1:
+            raise ValueError(f"--kind-repeats {pair!r}: use KIND=N with N >= 1 and KIND one of "
+                             f"{', '.join(data.EDIT_KINDS)}")
+        repeats[kind] = int(count)
+    return repeats
 
 
 def _objective_with(args: argparse.Namespace) -> ObjectiveConfig:
