@@ -371,8 +371,8 @@ def test_shapes_command_line_overrides_the_recipe():
         parse(["--out", "x", "--reading-kinds", "recolour"])
     weighted = recipe_from_args(parse(["--out", "x", "--kind-repeats", "style=2", "background=3"]))
     assert weighted.kind_repeats == {"style": 2, "background": 3} and default.kind_repeats == {}
-    for bad in ("style", "grey=2", "style=0", "style=two"):
-        with pytest.raises(ValueError, match="kind-repeats"):
+    for bad, says in (("style", "KIND=N"), ("style=two", "KIND=N"), ("grey=2", "grey"), ("style=0", "style")):
+        with pytest.raises(ValueError, match=says):
             recipe_from_args(parse(["--out", "x", "--kind-repeats", bad]))
     with pytest.raises(ValueError, match="kind_repeats"):
         ShapesRecipe(kind_repeats={"move": 0})
