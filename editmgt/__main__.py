@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--guidance", type=float, default=6.0)
     edit.add_argument("--gamma", type=float, default=1.1, help="reference strength (1 = no bias)")
     edit.add_argument("--seed", type=int, default=None)
+    edit.add_argument("--sample-temperature", type=float, default=1.0,
+                      help="tokens are drawn from softmax(logits / T); 1 = the released sampler, lower = greedier")
     edit.add_argument("--mask", type=Path, default=None, help="white = region to edit")
     edit.add_argument("--keyword", action="append", default=None,
                       help="localise with the rows of this word only (repeat for several words)")
@@ -62,6 +64,7 @@ def run_edit(args: argparse.Namespace) -> dict:
         seed=args.seed,
         mask=args.mask,
         size=args.size,
+        sample_temperature=args.sample_temperature,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result.image.save(args.out)

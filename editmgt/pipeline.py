@@ -28,7 +28,7 @@ from editmgt.models.text_encoders import Keywords, TextConditioner, TextEmbeddin
 from editmgt.models.transformer import AttentionProbe, EditMGTTransformer
 from editmgt.models.vq import VQTokenizer
 from editmgt.sampling.localization import consolidate, default_hold_blocks
-from editmgt.sampling.sampler import MaskGITSampler
+from editmgt.sampling.sampler import MIN_SAMPLE_TEMPERATURE, MaskGITSampler
 from editmgt.sampling.schedule import temperatures as temperature_table
 from editmgt.sampling.schedule import timesteps as timestep_table
 from editmgt.sampling.smoothing import METHODS as SMOOTHING_METHODS
@@ -271,10 +271,12 @@ class EditMGTPipeline:
         mask: Optional[ImageLike] = None,
         size: Optional[Union[int, tuple[int, int]]] = None,
         callback: Optional[Callable[[StepTrace], None]] = None,
+        sample_temperature: float = 1.0,
     ) -> EditResult:
         """Edit `image` as `instruction` says. `hold_lambda` > 0 turns region-hold on; the
         localisation map reads the text rows of `keyword` (a word of the instruction, or
-        several: the paper's row set M) or, by default, all rows."""
+        several: the paper's row set M) or, by default, all rows. `sample_temperature` < 1
+        draws each step's tokens more greedily (1: the released sampler)."""
         return self.sweep(
             image,
             instruction,
@@ -291,6 +293,7 @@ class EditMGTPipeline:
             mask=mask,
             size=size,
             callback=callback,
+            sample_temperature=sample_temperature,
         )[0]
 
     @torch.inference_mode()
@@ -312,6 +315,7 @@ class EditMGTPipeline:
         mask: Optional[ImageLike] = None,
         size: Optional[Union[int, tuple[int, int]]] = None,
         callback: Optional[Callable[[StepTrace], None]] = None,
+        sample_temperature: float = 1.0,
     ) -> list[EditResult]:
         """Run one edit per lambda as one batch; every lambda uses the same seed, so each
         result equals `edit(..., hold_lambda=lam, seed=seed)`."""
@@ -327,6 +331,7 @@ class EditMGTPipeline:
             _check_range("lambda", lam, 0.0, 1.0)
         _check_range("gamma", gamma, 0.0, 10.0)
         _check_range("smoothing strength", smoothing_strength, 0.0, 10.0)
+        _check_range("sample temperature", sample_temperature, MIN_SAMPLE_TEMPERATURE, 10.0)
         if smoothing not in SMOOTHING_METHODS:
             raise InputError(f"unknown smoothing {smoothing!r}; choose one of {sorted(SMOOTHING_METHODS)}")
         blocks = self._hold_blocks(hold_blocks)
@@ -374,6 +379,7 @@ class EditMGTPipeline:
             smoothing_strength=smoothing_strength,
             hold_lambda=lam,
             callback=callback,
+            sample_temperature=sample_temperature,
         )
         timings["sampling"] = time.perf_counter() - t0
 
@@ -495,6 +501,7 @@ class EditMGTPipeline:
         smoothing_strength: float,
         hold_lambda: Optional[torch.Tensor],
         callback: Optional[Callable[[StepTrace], None]],
+        sample_temperature: float = 1.0,
     ):
         """MaskGIT loop. start/source_tokens (B, h, w); returns final tokens (B, h, w), the last
         step's LocalizationMap (or None)."""
@@ -551,6 +558,7 @@ class EditMGTPipeline:
                 hold_scores=scores,
                 hold_lambda=hold_lambda if scores is not None else None,
                 source_tokens=source_flat,
+                sample_temperature=sample_temperature,
             )
             tokens = step.tokens
             if callback is not None:

@@ -222,7 +222,8 @@ class ModelManager:
             memory_mb=round(sum(m.nbytes for m, _ in loaded) / 2**20, 2),
             defaults={"steps": d.steps, "guidance": d.guidance, "gamma": d.gamma, "lambda": d.hold_lambda,
                       "hold_blocks": list(d.hold_blocks) if d.hold_blocks else None, "smoothing": d.smoothing,
-                      "smoothing_strength": d.smoothing_strength, "resolution": d.resolution},
+                      "smoothing_strength": d.smoothing_strength, "resolution": d.resolution,
+                      "sample_temperature": d.sample_temperature},
             description=entry.description,
             source=(f"{resolved.location}@{resolved.revision}" if resolved.revision else str(resolved.location))
             + (f" (via {resolved.via})" if resolved.via != "checkpoints.yaml" else ""),

@@ -18,6 +18,7 @@ from PIL import Image
 
 from editmgt.data.shapes import KEYWORD_SETS
 from editmgt.errors import InputError
+from editmgt.sampling.sampler import MIN_SAMPLE_TEMPERATURE
 from editmgt.sampling.smoothing import METHODS as SMOOTHING_METHODS
 from editmgt_app import plots
 from editmgt_app.gpu import edit_duration, gpu
@@ -78,7 +79,8 @@ class EditService:
             raise ModelUnavailable(f"unknown model {model!r}; choose one of: {', '.join(self.manager.zoo.ids)}")
         return self.manager.zoo[model]
 
-    def _settings(self, entry, steps, guidance, gamma, hold_lambda, smoothing, smoothing_strength, seed) -> dict:
+    def _settings(self, entry, steps, guidance, gamma, hold_lambda, smoothing, smoothing_strength, seed,
+                  sample_temperature=None) -> dict:
         d = entry.defaults
         smoothing = d.smoothing if smoothing in (None, "") else smoothing
         if smoothing not in SMOOTHING_CHOICES:
@@ -92,6 +94,9 @@ class EditService:
             smoothing_strength=check_number(
                 "smoothing strength", d.smoothing_strength if smoothing_strength is None else smoothing_strength,
                 0.0, 5.0),
+            sample_temperature=check_number(
+                "sample temperature", d.sample_temperature if sample_temperature is None else sample_temperature,
+                MIN_SAMPLE_TEMPERATURE, 5.0),
             seed=random.SystemRandom().randrange(MAX_SEED) if seed is None or seed == -1
             else check_number("seed", seed, 0, MAX_SEED, integer=True),
         )
@@ -131,7 +136,8 @@ class EditService:
         """One batch for all lambdas; if it does not fit, halves until it does."""
         kwargs = dict(steps=settings["steps"], guidance=settings["guidance"], gamma=settings["gamma"],
                       hold_blocks=hold_blocks, keyword=keyword, smoothing=settings["smoothing"],
-                      smoothing_strength=settings["smoothing_strength"], seed=settings["seed"], mask=mask)
+                      smoothing_strength=settings["smoothing_strength"], seed=settings["seed"], mask=mask,
+                      sample_temperature=settings["sample_temperature"])
         if negative_prompt:
             kwargs["negative_prompt"] = negative_prompt
         def callback(trace):
@@ -175,6 +181,7 @@ class EditService:
             "guidance": settings["guidance"],
             "gamma": settings["gamma"],
             "smoothing": settings["smoothing"],
+            "sample_temperature": settings["sample_temperature"],
             "seconds": round(seconds, 3),
             "steps_per_second": round(result.steps / seconds, 2) if seconds > 0 else None,
             "peak_memory_mb": round(peak, 1),
@@ -206,13 +213,14 @@ class EditService:
              smoothing_strength=None, negative_prompt=None, seed=None, mask: Any = None,
              mask_fn: Optional[Callable[[tuple[int, int]], Optional[Image.Image]]] = None,
              load_8bit: bool = False, sweep: Optional[Sequence[float]] = None,
-             progress: Progress = None) -> EditOutput:
+             sample_temperature=None, progress: Progress = None) -> EditOutput:
         """Edit `image`; with `sweep` (a lambda grid) also run the grid in the same batch and
         draw the L1-vs-lambda curve. `mask_fn(image_size)` builds the mask once the image is read."""
         entry = self.entry(model)
         upload = load_upload(image, max_pixels=self.max_pixels)
         instruction = check_instruction(instruction)
-        settings = self._settings(entry, steps, guidance, gamma, hold_lambda, smoothing, smoothing_strength, seed)
+        settings = self._settings(entry, steps, guidance, gamma, hold_lambda, smoothing, smoothing_strength, seed,
+                                  sample_temperature)
         keyword = parse_keywords(keyword)
         if keyword is None and entry.defaults.keywords:              # the model's own keyword set
             keyword = KEYWORD_SETS[entry.defaults.keywords](instruction) or None

@@ -18,6 +18,7 @@ import gradio as gr
 from PIL import Image
 
 from editmgt.errors import InputError
+from editmgt.sampling.sampler import MIN_SAMPLE_TEMPERATURE
 from editmgt_app.inputs import MAX_INSTRUCTION_CHARS, mask_from_editor, parse_block, parse_lambdas
 from editmgt_app.manager import ModelLoadError, ModelUnavailable
 from editmgt_app.service import DEFAULT_SWEEP, MAX_STEPS, SMOOTHING_CHOICES, EditService, OutOfMemory
@@ -112,7 +113,7 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
                  hold_last: Optional[float] = None, keyword: Optional[str] = None, smoothing: Optional[str] = None,
                  smoothing_strength: Optional[float] = None, negative_prompt: Optional[str] = None,
                  seed: Optional[float] = None, mask: Optional[str] = None, load_8bit: bool = False,
-                 progress=gr.Progress()):
+                 sample_temperature: Optional[float] = None, progress=gr.Progress()):
         """Edit a photo. Only image, instruction and model are needed; every other value
         defaults to the model's recommendation (see /models). Returns the edited image (PNG),
         the attention heat-map and JSON info (l1_to_source, seconds, seed, changed_fraction...)."""
@@ -120,7 +121,7 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
             image, instruction, model, steps=steps, guidance=guidance, gamma=gamma, hold_lambda=hold_lambda,
             hold_first=hold_first, hold_last=hold_last, keyword=_opt(keyword), smoothing=_opt(smoothing),
             smoothing_strength=smoothing_strength, negative_prompt=_opt(negative_prompt), seed=seed,
-            mask=mask or None, load_8bit=bool(load_8bit),
+            mask=mask or None, load_8bit=bool(load_8bit), sample_temperature=sample_temperature,
             progress=_progress_fn(progress))
         return out.edited, out.heatmap, out.info
 
@@ -128,13 +129,13 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
     def api_sweep(image: str, instruction: str, model: str, lambdas: Optional[Any] = None,
                   steps: Optional[float] = None, guidance: Optional[float] = None, gamma: Optional[float] = None,
                   keyword: Optional[str] = None, seed: Optional[float] = None, load_8bit: bool = False,
-                  progress=gr.Progress()):
+                  sample_temperature: Optional[float] = None, progress=gr.Progress()):
         """Edit once per lambda (one batch where memory allows, one seed). Returns JSON rows
         {lambda, l1_to_source, l1_to_reconstruction, changed_fraction, seed}, the images and
         the L1-vs-lambda plot."""
         out = service.sweep(image, instruction, model, lambdas, steps=steps, guidance=guidance, gamma=gamma,
                             keyword=_opt(keyword), seed=seed, load_8bit=bool(load_8bit),
-                            progress=_progress_fn(progress))
+                            sample_temperature=sample_temperature, progress=_progress_fn(progress))
         return out.rows, out.sweep_images, out.curve
 
     @user_errors
@@ -164,7 +165,8 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
         first, last = _block_texts(d.hold_blocks)
         return (gr.update(value=d.steps), gr.update(value=d.guidance), gr.update(value=d.gamma),
                 gr.update(value=d.hold_lambda), gr.update(value=first), gr.update(value=last),
-                gr.update(value=d.smoothing), gr.update(value=d.smoothing_strength), status_markdown(model_id))
+                gr.update(value=d.smoothing), gr.update(value=d.smoothing_strength),
+                gr.update(value=d.sample_temperature), status_markdown(model_id))
 
     def on_image_change(path: Optional[str]):
         if not path:
@@ -174,7 +176,7 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
     @user_errors
     def ui_edit(image, instruction, model, load_8bit, mask_value, steps, guidance, gamma, hold_lambda,
                 hold_first, hold_last, keyword, smoothing, smoothing_strength, negative_prompt, seed, randomize,
-                run_sweep, grid, progress=gr.Progress()):
+                run_sweep, grid, sample_temperature, progress=gr.Progress()):
         sweep = parse_lambdas(grid) if run_sweep else None
         out = service.edit(
             image, instruction, model, steps=steps, guidance=guidance, gamma=gamma, hold_lambda=hold_lambda,
@@ -182,7 +184,8 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
             hold_last=parse_block(hold_last, "hold blocks (last)"), keyword=_opt(keyword), smoothing=smoothing,
             smoothing_strength=smoothing_strength, negative_prompt=_opt(negative_prompt),
             seed=None if randomize else seed, mask_fn=lambda size: mask_from_editor(mask_value, size),
-            load_8bit=bool(load_8bit), sweep=sweep, progress=_progress_fn(progress))
+            load_8bit=bool(load_8bit), sweep=sweep, sample_temperature=sample_temperature,
+            progress=_progress_fn(progress))
         return ((out.source, out.edited), out.heatmap, out.curve, out.sweep_images or None, out.info,
                 out.info["seed"], status_markdown(model))
 
@@ -224,6 +227,9 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
                             guidance = gr.Slider(0.0, 20.0, value=d0.guidance, step=0.1, label="Guidance")
                             gamma = gr.Slider(0.0, 5.0, value=d0.gamma, step=0.05,
                                               label="Gamma (reference strength)")
+                            sample_temperature = gr.Slider(
+                                MIN_SAMPLE_TEMPERATURE, 2.0, value=d0.sample_temperature, step=0.01,
+                                label="Sampling temperature (1 = the released sampler; lower draws tokens more greedily)")
                             hold_lambda = gr.Slider(0.0, 1.0, value=d0.hold_lambda, step=0.01,
                                                     label="Lambda (region-hold threshold; 0 = off)")
                             with gr.Row():
@@ -291,12 +297,13 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
 
         # Page events (private: the browser calls them, API clients use the endpoints below).
         model.change(on_model_change, model, [steps, guidance, gamma, hold_lambda, hold_first, hold_last,
-                                              smoothing, smoothing_strength, status], api_visibility="private")
+                                              smoothing, smoothing_strength, sample_temperature, status],
+                     api_visibility="private")
         image.change(on_image_change, image, mask, api_visibility="private")
         gr.on([run.click, instruction.submit], ui_edit,
               [image, instruction, model, use_8bit, mask, steps, guidance, gamma, hold_lambda, hold_first,
                hold_last, keyword, smoothing, smoothing_strength, negative_prompt, seed, randomize, run_sweep,
-               grid],
+               grid, sample_temperature],
               [slider, heat, curve, gallery, info, seed, status], api_visibility="private", **GPU)
         t2i_run.click(ui_generate, [prompt, t2i_model, t2i_steps, t2i_guidance, t2i_seed, t2i_random, t2i_8bit],
                       [t2i_image, t2i_info, t2i_seed, status], api_visibility="private", **GPU)
@@ -323,6 +330,7 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
             a_mask = checked_image(label="mask")
             a_8bit = gr.Checkbox(value=False, label="load_8bit")
             a_lambdas = gr.JSON(value=None, label="lambdas")
+            a_temperature = gr.Number(value=None, label="sample_temperature")
             a_prompt = gr.Textbox(label="prompt")
             a_t2i_model = gr.Dropdown(choices=zoo.ids, value=t2i_default, label="model",
                                       allow_custom_value=True)
@@ -336,10 +344,11 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
             o_models = gr.JSON(label="models")
             trigger = gr.Button(visible=False)
         trigger.click(api_edit, [a_image, a_instruction, a_model, a_steps, a_guidance, a_gamma, a_lambda, a_first,
-                                 a_last, a_keyword, a_smoothing, a_strength, a_negative, a_seed, a_mask, a_8bit],
+                                 a_last, a_keyword, a_smoothing, a_strength, a_negative, a_seed, a_mask, a_8bit,
+                                 a_temperature],
                       [o_edited, o_heat, o_info], api_name="edit", **GPU)
         trigger.click(api_sweep, [a_image, a_instruction, a_model, a_lambdas, a_steps, a_guidance, a_gamma,
-                                  a_keyword, a_seed, a_8bit],
+                                  a_keyword, a_seed, a_8bit, a_temperature],
                       [o_rows, o_gallery, o_curve], api_name="sweep", **GPU)
         trigger.click(api_generate, [a_prompt, a_t2i_model, a_steps, a_guidance, a_seed, a_8bit],
                       [o_generated, o_info], api_name="generate", **GPU)

@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 import yaml
 
 from editmgt.data.shapes import KEYWORD_SETS
+from editmgt.sampling.sampler import MIN_SAMPLE_TEMPERATURE
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ DEFAULT_KEYS = {
     "smoothing_strength": float,
     "resolution": int,
     "keywords": str,
+    "sample_temperature": float,
 }
 ENTRY_KEYS = {"id", "label", "stage", "task", "masked_edit", "source", "components", "defaults",
               "license", "size_gb", "description"}
@@ -69,6 +71,8 @@ class Defaults:
     # the words region-hold reads when the keyword box is blank: a keyword set of
     # editmgt.data.shapes.KEYWORD_SETS (for models trained on that vocabulary); None = all rows
     keywords: Optional[str] = None
+    # the sampler draws tokens from softmax(logits / t); 1 is the released sampler
+    sample_temperature: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -366,7 +370,8 @@ def _parse_defaults(raw: Any, where: str) -> Defaults:
             raise ZooError(f"{where}: field 'hold_blocks' must be [first, last] block indices, got {hold!r}")
         hold = (hold[0], hold[1])
     checks = [("steps", 1, 256), ("guidance", 0.0, 50.0), ("gamma", 0.0, 10.0), ("lambda", 0.0, 1.0),
-              ("smoothing_strength", 0.0, 10.0), ("resolution", 16, 4096)]
+              ("smoothing_strength", 0.0, 10.0), ("resolution", 16, 4096),
+              ("sample_temperature", MIN_SAMPLE_TEMPERATURE, 10.0)]
     for key, low, high in checks:
         if key in values and not low <= values[key] <= high:
             raise ZooError(f"{where}: field '{key}' must be in [{low}, {high}], got {values[key]}")
@@ -383,6 +388,7 @@ def _parse_defaults(raw: Any, where: str) -> Defaults:
         smoothing_strength=float(values.get("smoothing_strength", base.smoothing_strength)),
         resolution=values.get("resolution", base.resolution),
         keywords=values.get("keywords"),
+        sample_temperature=float(values.get("sample_temperature", base.sample_temperature)),
     )
 
 

@@ -164,6 +164,15 @@ def test_edit_with_mask_and_settings(app, files):
                       smoothing="gaussian", smoothing_strength=2.0, hold_first=1, hold_last=2, gamma=1.3,
                       guidance=3.0, seed=1)
     assert info["hold_blocks"] == [1, 2] and info["smoothing"] == "gaussian" and info["gamma"] == 1.3
+    assert info["sample_temperature"] == 1.0                     # the zoo entry's default
+
+
+def test_sample_temperature_reaches_the_sampler(app):
+    client, _ = app
+    default = edit(client, EXAMPLE, seed=4)
+    greedy = edit(client, EXAMPLE, seed=4, sample_temperature=0.05)
+    assert greedy[2]["sample_temperature"] == 0.05
+    assert greedy[2]["l1_to_source"] != default[2]["l1_to_source"]
 
 
 def test_sweep_returns_rows_images_and_curve(app):
@@ -224,6 +233,7 @@ def test_8bit_edit_on_cpu(app):
     ("seed", dict(seed=-7), "seed must be an integer"),
     ("hold blocks", dict(hold_first=999), "hold blocks (first) must be an integer"),
     ("smoothing", dict(smoothing="blurry"), "smoothing must be one of"),
+    ("sample temperature", dict(sample_temperature=0), "sample temperature must be a number in [0.01, 5.0]"),
     ("unknown model", dict(model="nope"), "unknown model 'nope'"),
     ("unavailable model", dict(model="editmgt-stage2"), "'editmgt-stage2' is unavailable"),
     ("failing checkpoint", dict(model="broken"), "'broken' failed to load"),

@@ -85,6 +85,8 @@ def _broken(mutate):
     (lambda r: _entry(r, "tiny").pop("license"), r"id 'tiny'.*field 'license' is missing"),
     (lambda r: _entry(r, "tiny")["defaults"].update(steps=0), r"defaults: field 'steps' must be in \[1, 256\]"),
     (lambda r: _entry(r, "tiny")["defaults"].update(hold_blocks=[5, 2]), r"field 'hold_blocks' must be"),
+    (lambda r: _entry(r, "tiny")["defaults"].update(sample_temperature=0.0),
+     r"defaults: field 'sample_temperature' must be in \[0.01, 10.0\]"),
     (lambda r: _entry(r, "tiny")["defaults"].update(lamda=0.2), r"defaults: unknown key\(s\) \['lamda'\]"),
     (lambda r: _entry(r, "tiny")["defaults"].update(keywords="verbs"),
      r"defaults: field 'keywords' must be one of naming, locating, got 'verbs'"),

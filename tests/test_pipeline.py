@@ -49,6 +49,14 @@ def test_same_seed_same_output(pipe, photo):
     assert a.seed == 7 and a.image.size == photo.size
 
 
+def test_sample_temperature_changes_the_draw_and_one_is_the_default(pipe, photo):
+    default = pipe.edit(photo, "make the disk blue", seed=7, **FAST)
+    one = pipe.edit(photo, "make the disk blue", seed=7, sample_temperature=1.0, **FAST)
+    greedy = pipe.edit(photo, "make the disk blue", seed=7, sample_temperature=0.05, **FAST)
+    assert torch.equal(tokens_of(default), tokens_of(one))
+    assert not torch.equal(tokens_of(default), tokens_of(greedy))
+
+
 def test_seed_is_returned_when_randomised(pipe, photo):
     r = pipe.edit(photo, "make it brighter", seed=None, **FAST)
     again = pipe.edit(photo, "make it brighter", seed=r.seed, **FAST)
@@ -150,6 +158,7 @@ def test_bf16_pipeline_runs(tiny_checkpoint, photo):
         (dict(steps=0), "steps"),
         (dict(hold_blocks=[999]), "hold blocks"),
         (dict(smoothing="blur-it"), "smoothing"),
+        (dict(sample_temperature=0.0), "sample temperature"),
     ],
 )
 def test_bad_arguments_raise_input_error(pipe, photo, kwargs, message):

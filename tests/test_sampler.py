@@ -134,6 +134,29 @@ def test_inverse_cdf_sampling_follows_probabilities():
     assert abs((picked == 1).float().mean().item() - 0.5) < 0.05
 
 
+def test_sample_temperature_sharpens_the_draw_and_one_is_the_released_draw():
+    logits = torch.zeros(1, 4000, 3)
+    logits[..., 1] = 1.0                                   # p(1) = e / (e + 2) = 0.58 at t = 1
+    canvas = torch.full((1, 4000), MASK)
+
+    def share_of_one(t):
+        out = MaskGITSampler(MASK).step(logits, canvas, 15, 16, 0.0, [torch.Generator().manual_seed(0)],
+                                        sample_temperature=t)
+        return (out.tokens == 1).float().mean().item()
+
+    assert abs(share_of_one(1.0) - 0.576) < 0.03
+    assert abs(share_of_one(0.5) - 0.787) < 0.03           # e^2 / (e^2 + 2)
+    assert share_of_one(0.05) > 0.999
+    default = MaskGITSampler(MASK).step(_logits(0, 2), torch.full((2, L), MASK), 0, N, 2.0,
+                                        [torch.Generator().manual_seed(i) for i in range(2)])
+    explicit = MaskGITSampler(MASK).step(_logits(0, 2), torch.full((2, L), MASK), 0, N, 2.0,
+                                         [torch.Generator().manual_seed(i) for i in range(2)],
+                                         sample_temperature=1.0)
+    assert torch.equal(default.tokens, explicit.tokens)
+    with pytest.raises(InputError, match="sample_temperature"):
+        MaskGITSampler(MASK).step(logits, canvas, 15, 16, 0.0, [torch.Generator()], sample_temperature=0.0)
+
+
 def test_bf16_logits_and_device():
     logits = _logits(0, 2).to(torch.bfloat16)
     out = MaskGITSampler(MASK).step(logits, torch.full((2, L), MASK), 0, N, 2.0,

@@ -259,6 +259,7 @@ class EvalSettings:
     smoothing_strength: float = 1.0
     negative_prompt: str = ""
     lambdas: tuple[float, ...] = DEFAULT_LAMBDAS
+    sample_temperature: float = 1.0       # the sampler's token draw: softmax(logits / t)
     # the text rows region-hold's map reads: a keyword set of data.KEYWORD_SETS ("locating", the
     # words that find the edit: the paper's keyword set M of Eq. 3 and the rows the shapes
     # recipe grounds; "naming" adds the new colour or kind) or "all"; an instruction without
@@ -311,7 +312,7 @@ def evaluate(model_dir: str | Path, n: int = 300, seed: int = 0,
                           guidance=settings.guidance, gamma=settings.gamma, keyword=hold_words,
                           smoothing=settings.smoothing, smoothing_strength=settings.smoothing_strength,
                           negative_prompt=settings.negative_prompt, seed=seed * 1_000_003 + i,
-                          size=size)
+                          size=size, sample_temperature=settings.sample_temperature)
         recon = pipe.vq.decode(outs[0].source_tokens[None])[0]
         recon = (recon.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
         images = [np.asarray(o.image.convert("RGB")) for o in outs]
@@ -478,6 +479,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--guidance", type=float, default=defaults.guidance)
     parser.add_argument("--gamma", type=float, default=defaults.gamma)
+    parser.add_argument("--sample-temperature", type=float, default=defaults.sample_temperature,
+                        help="the sampler draws each step's tokens from softmax(logits / t)")
     parser.add_argument("--hold-rows", choices=HOLD_ROWS, default=defaults.hold_rows,
                         help="text rows region-hold reads: the words that find the edit "
                              "(locating), every word naming it (naming), or all")
@@ -490,7 +493,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = EvalSettings(steps=args.steps, guidance=args.guidance, gamma=args.gamma,
-                            hold_rows=args.hold_rows)
+                            hold_rows=args.hold_rows, sample_temperature=args.sample_temperature)
     result = evaluate(args.model, args.n, args.seed, settings, save_examples=args.out / "examples",
                       split=args.split)
     args.out.mkdir(parents=True, exist_ok=True)

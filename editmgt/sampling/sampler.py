@@ -20,6 +20,7 @@ from editmgt.errors import InputError
 from editmgt.sampling.schedule import SCHEDULES, remask_count
 
 _TINY = 1e-20
+MIN_SAMPLE_TEMPERATURE = 0.01   # the lowest sample_temperature the pipeline and app accept
 
 
 @dataclass
@@ -76,7 +77,8 @@ class MaskGITSampler:
              temperature: Union[float, Tensor], generators: Sequence[torch.Generator],
              start_ratio: Optional[Tensor] = None, hold_scores: Optional[Tensor] = None,
              hold_lambda: Optional[Tensor] = None,
-             source_tokens: Optional[Tensor] = None) -> StepOutput:
+             source_tokens: Optional[Tensor] = None,
+             sample_temperature: float = 1.0) -> StepOutput:
         """Advance the canvas by one step.
 
         logits: (B, L, V) guided logits (any float dtype; softmax runs in float32).
@@ -89,17 +91,22 @@ class MaskGITSampler:
         hold_scores: (B, L) localisation scores; hold_lambda: (B,) thresholds;
         source_tokens: (B, L) ids taken where a newly sampled position scores below lambda
         (every such position when lambda >= 1, none when lambda <= 0).
+        sample_temperature: > 0; tokens are drawn from softmax(logits / t), and their
+        confidence read from it too (1, the released sampler's draw; lower is more greedy).
         """
         if logits.ndim != 3 or tokens.shape != logits.shape[:2]:
             raise InputError(f"expected logits (B, L, V) and tokens (B, L); got "
                              f"{tuple(logits.shape)} and {tuple(tokens.shape)}")
+        if not sample_temperature > 0:
+            raise InputError(f"sample_temperature must be > 0, got {sample_temperature!r}")
         batch, length, _ = logits.shape
         device = logits.device
         tokens = tokens.to(device)
         unknown = tokens == self.mask_token_id                               # (B, L)
 
         # 1. Sample every position by inverse CDF with per-sample uniforms.
-        probs = torch.softmax(logits.float(), dim=-1)                        # (B, L, V)
+        scaled = logits.float() if sample_temperature == 1.0 else logits.float() / sample_temperature
+        probs = torch.softmax(scaled, dim=-1)                                # (B, L, V)
         noise = self._noise(generators, batch, length, device)               # (B, 2, L)
         cdf = probs.cumsum(dim=-1)
         target = (noise[:, 0] * cdf[..., -1]).unsqueeze(-1)                  # (B, L, 1)
