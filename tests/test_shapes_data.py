@@ -115,6 +115,16 @@ def test_phrasing_noise_keeps_the_meaning_words():
     assert a == data.perturb_phrasing("move the red circle to the top", np.random.default_rng(5))
 
 
+def test_phrasing_noise_leaves_the_kept_words_alone_with_the_same_draws():
+    text = "convert the picture to grayscale"
+    noisy = [data.perturb_phrasing(text, np.random.default_rng(s)) for s in range(200)]
+    kept = [data.perturb_phrasing(text, np.random.default_rng(s), keep=("picture",)) for s in range(200)]
+    assert sum("picture" not in n.split() for n in noisy) > 20      # the word is noised by default
+    assert all("picture" in k.split() for k in kept)
+    # where the default noise left the word alone, keeping it changes nothing (same draws)
+    assert all(k == n for k, n in zip(kept, noisy) if "picture" in n.split())
+
+
 def test_others_kept_looks_at_the_shapes_the_edit_leaves_alone():
     red, blue = data.Shape("circle", "red", 4), data.Shape("square", "blue", 0)
     scene = data.Scene("white", (red, blue))

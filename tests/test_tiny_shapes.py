@@ -84,8 +84,8 @@ def test_recipe_defaults_are_the_shipped_recipe():
     # knobs added after the checkpoint was trained must be off by default: then the recipe is
     # the logged one (reading steps: reading_every 0 makes the other reading knobs moot)
     newer = {k: recipe.pop(k) for k in set(recipe) - set(logged)}
-    assert set(newer) <= {"reading_every", "reading_kinds", "reading_from", "reading_until"}, newer
-    assert newer.get("reading_every", 0) == 0
+    assert set(newer) <= {"reading_every", "reading_kinds", "reading_from", "reading_until", "phrasing_keeps"}, newer
+    assert newer.get("reading_every", 0) == 0 and not newer.get("phrasing_keeps")
     assert recipe == logged
     assert logged["objective"]["grounding_weight"] > 0 and logged["grounding_rows"] == "locating"
 
@@ -99,6 +99,7 @@ def test_app_defaults_are_the_eval_settings():
     assert (defaults.steps, defaults.guidance, defaults.gamma) == (STEPS, GUIDANCE, GAMMA)
     assert (defaults.smoothing, defaults.smoothing_strength) == (EvalSettings.smoothing,
                                                                  EvalSettings.smoothing_strength)
+    assert defaults.sample_temperature == EvalSettings.sample_temperature
 
 
 def test_app_reads_the_locating_words_when_the_keyword_box_is_blank():

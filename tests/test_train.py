@@ -576,6 +576,18 @@ def test_prompt_sampler_noise_and_dropout():
     for p, i in zip(noisy, index.tolist()):                 # meaning words always survive
         for w in ("red", "circle", "blue") if i == 0 else ("green", "star"):
             assert w in p.split()
+    verbs = PromptSampler(instructions, 1.0, 0.0, [""], seed=0, keep=("make", "remove"))(index)
+    assert all(p.split()[0] in ("make", "remove") or p.split()[1] in ("make", "remove") for p in verbs)
+
+
+def test_recipe_phrasing_keeps_only_training_words():
+    from editmgt.train.shapes import ShapesRecipe, build_parser, recipe_from_args
+
+    assert ShapesRecipe(phrasing_keeps=("image", "picture")).phrasing_keeps == ("image", "picture")
+    with pytest.raises(ValueError, match="training template"):
+        ShapesRecipe(phrasing_keeps=("slide",))              # an evaluation phrasing's verb
+    args = build_parser().parse_args(["--out", "x", "--phrasing-keeps", "image", "it"])
+    assert recipe_from_args(args).phrasing_keeps == ("image", "it")
 
 
 def _copy_accuracy_after_training(copy_heads: int, steps: int = 120) -> float:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import zlib
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -490,18 +490,20 @@ def pseudo_word(rng: np.random.Generator, min_len: int = 2, max_len: int = 7) ->
 
 
 def perturb_phrasing(instruction: str, rng: np.random.Generator, replace: float = 0.25,
-                     drop: float = 0.1, insert: float = 0.25) -> str:
-    """Training-time phrasing noise: each word outside `MEANING_WORDS` is replaced by a
-    pseudo-word with probability `replace` or dropped with probability `drop`, and one
-    pseudo-word is inserted at a random place with probability `insert`.
+                     drop: float = 0.1, insert: float = 0.25, keep: Iterable[str] = ()) -> str:
+    """Training-time phrasing noise: each word outside `MEANING_WORDS` and `keep` is replaced
+    by a pseudo-word with probability `replace` or dropped with probability `drop`, and one
+    pseudo-word is inserted at a random place with probability `insert`. `keep` does not
+    change the random draws, only which words they may touch.
 
     The text towers have never seen most verbs an unseen phrasing uses; trained with this
     noise the editor learns that the meaning lives in the colour, shape, position and
     background words, not in the verb. No evaluation phrasing or word is used."""
+    kept = MEANING_WORDS | frozenset(keep)
     words = []
     for w in instruction.split():
         u = rng.random()
-        if w in MEANING_WORDS or u >= replace + drop:
+        if w in kept or u >= replace + drop:
             words.append(w)
         elif u < replace:
             words.append(pseudo_word(rng))

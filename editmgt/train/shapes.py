@@ -72,6 +72,10 @@ class ShapesRecipe:
     # word training never shows looks like the pseudo-words of the phrasing noise)
     train_text: bool = True
     phrasing_noise: float = 0.5           # share of training instructions perturbed
+    # words the phrasing noise leaves alone besides data.MEANING_WORDS: the style edit's words
+    # for the whole picture ("make the image grayscale"), which say what the edit covers as
+    # "background" does for a background change (docs/SHAPES.md, "Reading the new colour")
+    phrasing_keeps: tuple[str, ...] = ()
     # VQ
     vq: VQConfig = field(default_factory=VQConfig)
     vq_train: VQTrainConfig = field(default_factory=lambda: VQTrainConfig(
@@ -131,6 +135,10 @@ class ShapesRecipe:
         bad = {k: n for k, n in self.kind_repeats.items() if k not in data.EDIT_KINDS or n < 1}
         if bad:
             raise ValueError(f"bad kind_repeats {bad}: kinds of {', '.join(data.EDIT_KINDS)}, counts >= 1")
+        template_words = {w for per_kind in data.TEMPLATES.values() for t in per_kind["train"] for w in t.split()}
+        foreign = [w for w in self.phrasing_keeps if w not in template_words]
+        if foreign:
+            raise ValueError(f"phrasing_keeps {foreign} are not words of a training template")
         if self.reading_every < 0:
             raise ValueError("reading_every must be 0 (no reading steps) or positive")
         if self.reading_every == 1 and self.reading_from <= 0 and self._reading_until() >= self.steps:
@@ -307,10 +315,11 @@ class PromptSampler:
     probability `dropout` (for classifier-free guidance). Seeded."""
 
     def __init__(self, instructions: Sequence[str], noise: float, dropout: float,
-                 null_prompts: Sequence[str], seed: int) -> None:
+                 null_prompts: Sequence[str], seed: int, keep: Sequence[str] = ()) -> None:
         self.instructions = list(instructions)
         self.noise, self.dropout = float(noise), float(dropout)
         self.null_prompts = list(null_prompts)
+        self.keep = frozenset(keep)                  # words the noise leaves alone (with MEANING_WORDS)
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, index: torch.Tensor) -> list[str]:
@@ -318,7 +327,7 @@ class PromptSampler:
         for i in index.tolist():
             prompt = self.instructions[i]
             if self.rng.random() < self.noise:
-                prompt = data.perturb_phrasing(prompt, self.rng)
+                prompt = data.perturb_phrasing(prompt, self.rng, keep=self.keep)
             if self.rng.random() < self.dropout:
                 prompt = self.null_prompts[int(self.rng.integers(len(self.null_prompts)))]
             prompts.append(prompt)
@@ -573,7 +582,7 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
     gen = torch.Generator().manual_seed(recipe.seed + 50)
     null_prompts = ["", NEGATIVE_PROMPT]
     prompts = PromptSampler(instructions, recipe.phrasing_noise, recipe.objective.text_dropout,
-                            null_prompts, seed=recipe.seed + 60)
+                            null_prompts, seed=recipe.seed + 60, keep=recipe.phrasing_keeps)
     micro = torch.tensor([[recipe.image_size, recipe.image_size, 0, 0, 6]], dtype=torch.float32)
     mixed = EpochSampler([i for i, k in enumerate(kinds) for _ in range(recipe.kind_repeats.get(k, 1))], gen)
     reading = (EpochSampler([i for i, k in enumerate(kinds) if k in recipe.reading_kinds], gen)
@@ -667,6 +676,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kind-repeats", nargs="+", default=[], metavar="KIND=N",
                         help="edit kinds drawn N times per epoch of the mix instead of once "
                              "(e.g. style=2 background=2)")
+    parser.add_argument("--phrasing-keeps", nargs="*", default=list(ShapesRecipe.phrasing_keeps),
+                        metavar="WORD", help="words the phrasing noise leaves alone besides the "
+                                             "meaning words (none: pass the flag alone)")
     parser.add_argument("--reuse-vq", type=Path, default=None,
                         help="vqvae/ folder written by an earlier run of this recipe (same seed): "
                              "skips the VQ stage (about 11-13 minutes)")
@@ -679,7 +691,8 @@ def recipe_from_args(args: argparse.Namespace) -> ShapesRecipe:
     return ShapesRecipe(seed=args.seed, targets=args.targets, grounding_rows=args.grounding_rows,
                         steps=steps, reading_kinds=tuple(args.reading_kinds), reading_every=args.reading_every,
                         reading_from=args.reading_from, reading_until=args.reading_until,
-                        kind_repeats=_kind_repeats(args.kind_repeats), objective=_objective_with(args))
+                        kind_repeats=_kind_repeats(args.kind_repeats), phrasing_keeps=tuple(args.phrasing_keeps),
+                        objective=_objective_with(args))
 
 
 def _kind_repeats(pairs: Sequence[str]) -> dict[str, int]:
