@@ -259,7 +259,8 @@ class EvalSettings:
     smoothing_strength: float = 1.0
     negative_prompt: str = ""
     lambdas: tuple[float, ...] = DEFAULT_LAMBDAS
-    sample_temperature: float = 1.0       # the sampler's token draw: softmax(logits / t)
+    # the sampler's token draw, softmax(logits / t): chosen on the training split (docs/SHAPES.md)
+    sample_temperature: float = 0.25
     # the text rows region-hold's map reads: a keyword set of data.KEYWORD_SETS ("locating", the
     # words that find the edit: the paper's keyword set M of Eq. 3 and the rows the shapes
     # recipe grounds; "naming" adds the new colour or kind) or "all"; an instruction without
