@@ -222,6 +222,7 @@ def keeping_through_sampling(pipe, triples: Sequence[data.EditTriple], guidance:
         result = pipe.edit(triple.source, triple.instruction, steps=settings.steps, guidance=guidance,
                            gamma=settings.gamma, negative_prompt=settings.negative_prompt,
                            seed=seed * 1_000_003 + i, size=triple.source.shape[0],
+                           sample_temperature=settings.sample_temperature,
                            callback=lambda t: traces.append((t.tokens[0].cpu(), t.predicted[0].cpu())))
         source = result.source_tokens
         total += int(where.sum())
