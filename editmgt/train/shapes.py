@@ -73,9 +73,9 @@ class ShapesRecipe:
     train_text: bool = True
     phrasing_noise: float = 0.5           # share of training instructions perturbed
     # words the phrasing noise leaves alone besides data.MEANING_WORDS: the style edit's words
-    # for the whole picture ("make the image grayscale"), which say what the edit covers as
+    # for the picture ("make the image grayscale"), which say what the edit covers as
     # "background" does for a background change (docs/SHAPES.md, "Reading the new colour")
-    phrasing_keeps: tuple[str, ...] = ()
+    phrasing_keeps: tuple[str, ...] = ("image", "picture")
     # VQ
     vq: VQConfig = field(default_factory=VQConfig)
     vq_train: VQTrainConfig = field(default_factory=lambda: VQTrainConfig(
