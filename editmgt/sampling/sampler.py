@@ -105,8 +105,7 @@ class MaskGITSampler:
         unknown = tokens == self.mask_token_id                               # (B, L)
 
         # 1. Sample every position by inverse CDF with per-sample uniforms.
-        scaled = logits.float() if sample_temperature == 1.0 else logits.float() / sample_temperature
-        probs = torch.softmax(scaled, dim=-1)                                # (B, L, V)
+        probs = torch.softmax(logits.float() / sample_temperature, dim=-1)  # (B, L, V); x / 1 is exact
         noise = self._noise(generators, batch, length, device)               # (B, 2, L)
         cdf = probs.cumsum(dim=-1)
         target = (noise[:, 0] * cdf[..., -1]).unsqueeze(-1)                  # (B, L, 1)
