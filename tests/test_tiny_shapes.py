@@ -168,12 +168,10 @@ def test_unheld_edit_copies_the_background(pipe):
     assert outside_l1(out, triple.source, triple.mask) <= outside_l1(recon, triple.source, triple.mask) + 0.01
 
 
-@pytest.mark.xfail(reason="the shipped tiny-shapes model applies an edit to every shape, not "
-                          "only the named one (others kept in 13.0 % of held-out edits at lambda 0, "
-                          "docs/SHAPES.md); the test states the goal", strict=True)
 def test_shapes_the_edit_does_not_name_are_kept(pipe):
     """Removing the red circle keeps the blue square, and the pixels outside the circle stay
-    within 0.01 of the VQ round trip's error."""
+    within 0.01 of the VQ round trip's error (a strict expected failure for every model
+    before the 3 000-step one, which applied the edit to every shape)."""
     triple = fixed_removal()
     result, out = edit(pipe, triple)
     assert has_shape(out, data.Shape("square", "blue", 0))

@@ -113,7 +113,7 @@ class ShapesRecipe:
     # the edit, so the words that say what to draw stay free
     grounding_rows: str = "locating"
     # optimisation
-    steps: int = 1800                     # edit steps, after the copy warm-up (fits 45 min on 2 cores)
+    steps: int = 3000                     # edit steps, after the copy warm-up (about 36 min on 2 cores)
     batch_size: int = 32
     # keep_share / mask_objects (the untouched shapes weighed and hidden like the edit) were
     # tried and not adopted: docs/SHAPES.md, "Tried and not adopted"
