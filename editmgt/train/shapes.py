@@ -101,7 +101,7 @@ class ShapesRecipe:
     # answer (docs/SHAPES.md, "Reading the new colour"); reading_until None: to the end. The
     # default is a block of 600 such steps on the edits that name what to draw (a colour or
     # a kind) once the model can draw, while the learning rate is still high, and early
-    # enough to leave 750 steps of the mix after it: without it those words never reach
+    # enough to leave most of the run (1 950 of 3 000 edit steps) to the mix after it: without it those words never reach
     # the predictions
     reading_kinds: tuple[str, ...] = ("colour", "add", "replace")
     reading_every: int = 1
@@ -113,7 +113,7 @@ class ShapesRecipe:
     # the edit, so the words that say what to draw stay free
     grounding_rows: str = "locating"
     # optimisation
-    steps: int = 3000                     # edit steps, after the copy warm-up (about 36 min on 2 cores)
+    steps: int = 3000                     # edit steps, after the copy warm-up (34.9 min in all on 2 cores)
     batch_size: int = 32
     # keep_share / mask_objects (the untouched shapes weighed and hidden like the edit) were
     # tried and not adopted: docs/SHAPES.md, "Tried and not adopted"
