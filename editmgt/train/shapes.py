@@ -101,8 +101,8 @@ class ShapesRecipe:
     # answer (docs/SHAPES.md, "Reading the new colour"); reading_until None: to the end. The
     # default is a block of 600 such steps on the edits that name what to draw (a colour or
     # a kind) once the model can draw, while the learning rate is still high, and early
-    # enough to leave most of the run (1 950 of 3 000 edit steps) to the mix after it: without it those words never reach
-    # the predictions
+    # enough to leave most of the run (1 950 of 3 000 edit steps) to the mix after it:
+    # without it those words never reach the predictions
     reading_kinds: tuple[str, ...] = ("colour", "add", "replace")
     reading_every: int = 1
     reading_from: int = 450
