@@ -54,6 +54,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from editmgt.machine import device_name
 from editmgt.models.text_encoders import TextEmbeddings
 from editmgt.models.transformer import AttentionProbe, EditMGTTransformer, TransformerConfig
 from editmgt.models.vq import VQTokenizer
@@ -400,12 +401,6 @@ def _git_commit() -> str:
         return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores visible, torch threads {torch.get_num_threads()})"
 
 
 def _fmt_bytes(n: Optional[int], kind: str) -> str:

@@ -74,3 +74,19 @@ def test_stand_in_text_has_the_real_shapes():
     text = bench.RandomTextConditioner("cpu").encode(["a", "b", "a"])
     assert text.states.shape == (3, 256, 2304) and text.pooled.shape == (3, 1024) and text.token_ids.shape == (3, 256)
     assert torch.equal(text.states[0], text.states[2]) and not torch.equal(text.states[0], text.states[1])
+
+
+def test_device_name_says_which_cpu(monkeypatch):
+    """Reports name the CPU model and the vector ISA torch uses (seeded CPU runs give other
+    numbers on other vector units); without /proc/cpuinfo the platform's machine name."""
+    from editmgt import machine
+
+    name = bench.device_name(torch.device("cpu"))
+    assert machine.cpu_model() in name and torch.backends.cpu.get_cpu_capability() in name
+    assert f"torch threads {torch.get_num_threads()}" in name
+
+    def unreadable(self, *args, **kwargs):
+        raise OSError("no such file")
+
+    monkeypatch.setattr(machine.Path, "read_text", unreadable)
+    assert machine.cpu_model() == (machine.platform.processor() or machine.platform.machine())

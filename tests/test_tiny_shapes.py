@@ -1,7 +1,8 @@
 """The shipped tiny-shapes checkpoint: layout, size, a colour edit, a removal, copying,
-region-hold, the eval command, and (an expected failure) keeping the shapes an edit does
-not name."""
+region-hold, the eval command, keeping the shapes an edit does not name, and the recipe's
+training loop."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,6 @@ def test_layout_and_size():
 def test_recipe_defaults_are_the_shipped_recipe():
     """`python -m editmgt.train.shapes --out DIR` (the recipe's defaults) is the recipe the
     shipped checkpoint's training log records."""
-    import json
 
     from editmgt.train.shapes import ShapesRecipe
 
@@ -287,6 +287,7 @@ def test_training_with_reading_steps_logs_them(tmp_path, caplog):
     a block of reading steps fills the second log window)."""
     import logging
 
+    from editmgt.machine import cpu_model, describe_cpu
     from editmgt.train.shapes import ShapesRecipe, train_shapes
 
     recipe = ShapesRecipe(n_train=300, vq_dense_images=8, steps=8, copy_warmup_steps=2, log_every=4,
@@ -302,4 +303,7 @@ def test_training_with_reading_steps_logs_them(tmp_path, caplog):
     assert log["recipe"]["reading_until"] == 6
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
     assert len(lines) == 3 and "loss - " in lines[1] and "reading edit -" in lines[0]
+    # the log names the CPU: the same seed gives other weights on a CPU with other vector units
+    saved = json.loads((tmp_path / "train_log.json").read_text())
+    assert saved["machine"] == describe_cpu() and saved["machine"]["cpu"] == cpu_model() != ""
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from editmgt.data import shapes as data
+from editmgt.machine import describe_cpu
 from editmgt.train.objective import (
     EditBatch,
     ObjectiveConfig,
@@ -638,6 +639,7 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
     write_scheduler_and_pipeline(out, cfg_dict["vocab_size"] - 1, recipe.image_size)
     log["timings"]["total_s"] = round(time.time() - t_all, 1)
     log["threads"] = torch.get_num_threads()
+    log["machine"] = describe_cpu()        # weights are identical run after run on one kind of CPU only
     (out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     logger.info("checkpoint in %s: %.2f MB, %.1f min in all", out, size / 1e6,
