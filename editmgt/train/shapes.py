@@ -638,7 +638,6 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
         save_text_towers(text, out)
     write_scheduler_and_pipeline(out, cfg_dict["vocab_size"] - 1, recipe.image_size)
     log["timings"]["total_s"] = round(time.time() - t_all, 1)
-    log["threads"] = torch.get_num_threads()
     log["machine"] = describe_cpu()        # weights are identical run after run on one kind of CPU only
     (out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
