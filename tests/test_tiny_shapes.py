@@ -218,6 +218,31 @@ def test_eval_command_writes_the_report(tmp_path, capsys):
     lambdas = summary["settings"]["lambdas"]
     sheet = Image.open(tmp_path / "examples.png")
     assert sheet.size == (data.IMAGE_SIZE * (2 + len(lambdas)), data.IMAGE_SIZE * 7)
+    # one triple per kind: each kind's one held-out phrasing, with its row in the table
+    for kind, per in summary["success_by_phrasing"].items():
+        (phrasing, v), = per.items()
+        assert phrasing in data.TEMPLATES[kind]["eval"] and v["n"] == 1
+        assert f"| {kind} | {phrasing} | 1 | {100 * v['success']:.1f} % |" in table
+
+
+def test_summary_splits_success_by_phrasing():
+    """Success per held-out phrasing: counted per kind and phrasing, at lambda 0 only."""
+    from editmgt.eval.shapes import IOU_THRESHOLDS, format_table, summarise
+
+    def record(kind: str, phrasing: str, success: bool) -> dict:
+        return {"kind": kind, "phrasing": phrasing, "success": [success, True], "kept": [None, None],
+                "leakage": [0.1, 0.05], "l1": [0.2, 0.1], "changed": [0.3, 0.1], "floor": 0.01,
+                "iou": {"paper": [0.5] * len(IOU_THRESHOLDS)}}
+
+    a, b = data.TEMPLATES["colour"]["eval"]
+    records = [record("colour", a, True), record("colour", a, True), record("colour", a, False),
+               record("colour", b, False), record("remove", "get rid of the {obj}", True)]
+    summary = summarise(records, [0.0, 0.5])
+    assert summary["success_by_phrasing"]["colour"][a] == {"n": 3, "success": 2 / 3}
+    assert summary["success_by_phrasing"]["colour"][b] == {"n": 1, "success": 0.0}
+    assert summary["success_by_phrasing"]["remove"] == {"get rid of the {obj}": {"n": 1, "success": 1.0}}
+    table = format_table(summary)
+    assert f"| colour | {a} | 3 | 66.7 % |" in table and f"| colour | {b} | 1 | 0.0 % |" in table
 
 
 def test_attention_scores_read_the_rows_they_are_given(pipe):

@@ -7,6 +7,7 @@ prints one table:
 
 - success: per edit kind and overall, checked from pixels (requested colour / shape kind
   in the target region, absence after removal, the new background, grey for the style);
+  and per held-out phrasing (two per kind), where runs of one recipe differ most;
 - leakage: mean L1 (pixels in [0, 1]) between the edit and the source outside the true
   target region, for every lambda of the grid (style edits have no outside and are left
   out); the VQ round-trip floor of the same pixels is printed beside it;
@@ -341,6 +342,7 @@ def evaluate(model_dir: str | Path, n: int = 300, seed: int = 0,
             ious[name] = [iou(up >= t, tr.mask) for t in IOU_THRESHOLDS]
         result.records.append({
             "index": i, "kind": tr.kind, "instruction": tr.instruction,
+            "phrasing": tr.info["template"],
             "success": [bool(check_edit(img, tr)) for img in images],
             "kept": [others_kept(img, tr) for img in images],
             "leakage": [outside_l1(img, tr.source, tr.mask) for img in images],
@@ -374,6 +376,13 @@ def summarise(records: list[dict], lambdas: Sequence[float]) -> dict:
     s["success_by_kind"] = {k: _mean([r["success"][0] for r in records if r["kind"] == k])
                             for k in kinds}
     s["count_by_kind"] = {k: sum(r["kind"] == k for r in records) for k in kinds}
+    # per held-out phrasing: runs of one recipe differ most in how they read a phrasing
+    s["success_by_phrasing"] = {
+        k: {p: {"n": sum(r["kind"] == k and r.get("phrasing") == p for r in records),
+                "success": _mean([r["success"][0] for r in records
+                                  if r["kind"] == k and r.get("phrasing") == p])}
+            for p in dict.fromkeys(r["phrasing"] for r in records if r["kind"] == k and "phrasing" in r)}
+        for k in kinds}
     s["success"] = [_mean([r["success"][j] for r in records]) for j in range(len(lambdas))]
     s["leakage"] = [_mean([r["leakage"][j] for r in records]) for j in range(len(lambdas))]
     s["l1"] = [_mean([r["l1"][j] for r in records]) for j in range(len(lambdas))]
@@ -405,6 +414,12 @@ def format_table(summary: dict) -> str:
     for k, v in summary["success_by_kind"].items():
         lines.append(f"| {k} | {summary['count_by_kind'][k]} | {100 * v:.1f} % |")
     lines.append(f"| **overall** | {summary['n']} | **{100 * summary['success'][0]:.1f} %** |")
+    by_phrasing = summary.get("success_by_phrasing", {})
+    if any(by_phrasing.values()):
+        lines += ["", "| edit kind | phrasing | n | success (lambda 0) |", "|---|---|---|---|"]
+        for k, per in by_phrasing.items():
+            for phrasing, v in per.items():
+                lines.append(f"| {k} | {phrasing} | {v['n']} | {100 * v['success']:.1f} % |")
     hold = summary.get("hold_rows", "all")
     rows = f"the {hold} words" if hold in data.KEYWORD_SETS else "all text rows"
     lines += ["", f"region-hold reads the paper range's map from {rows}"]
