@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from editmgt.data import shapes as data
-from editmgt.eval.probes import (READ_WORDS, first_step_accuracy, keeping_through_sampling,
-                                  new_word_reading, swap_read_word, text_stream_similarity)
+from editmgt.eval.probes import (READ_WORDS, first_step_accuracy, greyed, keeping_through_sampling,
+                                  new_word_reading, phrasing_success, rephrase, sampled_edit,
+                                  swap_read_word, text_stream_similarity)
 from editmgt.eval.shapes import check_edit
 from editmgt.models.transformer import TransformerOutput
 from editmgt.pipeline import EditMGTPipeline
@@ -166,3 +167,45 @@ def test_new_word_reading_of_a_model_that_ignores_the_word_and_of_one_that_reads
     assert read["done"] >= 0.85 and read["follows_swap"] >= 0.85
     with pytest.raises(ValueError, match=f"no {kind} edits"):
         new_word_reading(pipe, [data.make_triple(0, 2, "eval")], kind)
+
+
+def test_phrasing_success_of_a_model_that_misreads_one_phrasing():
+    """An editor that does every colour change right except when told "the color of", where
+    it greys the picture (as the style edit does): that phrasing alone fails, all grey."""
+    triples = [data.make_triple(0, i, "eval") for i in range(28)]
+    targets = {t.source.tobytes(): t.target for t in triples}
+    calls = []
+
+    def edit(source, instruction, seed):
+        calls.append((instruction, seed))
+        if "the color of" in instruction:
+            return np.repeat(source.mean(-1, keepdims=True), 3, axis=-1).round().astype(np.uint8)
+        return targets[source.tobytes()]
+
+    table = phrasing_success(edit, triples, "colour", seed=0)
+    colour = [i for i, t in enumerate(triples) if t.kind == "colour"]
+    templates = data.TEMPLATES["colour"]
+    assert list(table) == [*templates["train"], *templates["eval"]]
+    assert {table[t]["split"] for t in templates["train"]} == {"train"}
+    misread = "change the color of the {obj} to {colour}"
+    for template, row in table.items():
+        assert row["n"] == len(colour)
+        assert (row["success"], row["grey"]) == ((0.0, 1.0) if template == misread else (1.0, 0.0))
+    # every phrasing of triple i is sampled with triple i's seed, and says the same edit
+    first = [(ins, seed) for ins, seed in calls if seed == colour[0]]
+    assert len(first) == len(table) and len({ins for ins, _ in first}) == len(table)
+    assert rephrase(triples[colour[0]], triples[colour[0]].info["template"]) == triples[colour[0]].instruction
+
+
+def test_greyed_looks_at_the_target_shapes():
+    triple = data.make_triple(0, 0, "eval", kind="colour")
+    assert not greyed(triple.target, triple)
+    assert greyed(np.repeat(triple.target.mean(-1, keepdims=True), 3, -1).astype(np.uint8), triple)
+
+
+def test_sampled_edit_samples_the_pipeline(pipe):
+    triple = data.make_triple(0, 0, "eval", kind="colour")
+    edit = sampled_edit(pipe)
+    out = edit(triple.source, triple.instruction, 3)
+    assert out.shape == triple.source.shape and out.dtype == np.uint8
+    assert np.array_equal(out, edit(triple.source, triple.instruction, 3))   # seeded

@@ -22,6 +22,10 @@
   of those are the source's token, and how many of the step's full prediction are. It
   tells whether a shape the first step would keep is lost to guidance, to sampling, or to
   later steps.
+- `phrasing_success`: the same edits said with every phrasing of their kind (training and
+  held-out templates), sampled as the eval does: success per phrasing, and how often the
+  shapes come out grey (the style edit). It separates what a phrasing does from what a scene
+  does; runs of one recipe differ most in how they read held-out phrasings.
 """
 
 from __future__ import annotations
@@ -30,14 +34,14 @@ import argparse
 import dataclasses
 import json
 import logging
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from editmgt.data import shapes as data
-from editmgt.eval.shapes import EvalSettings, check_edit, untouched_shapes
+from editmgt.eval.shapes import STYLE_SATURATION, EvalSettings, check_edit, erode, untouched_shapes
 from editmgt.train.shapes import agreement_mask
 
 
@@ -234,6 +238,54 @@ def keeping_through_sampling(pipe, triples: Sequence[data.EditTriple], guidance:
              "predicted_kept": pk / max(total, 1)} for k, (c, kept, pk) in enumerate(counts.tolist())]
 
 
+def rephrase(triple: data.EditTriple, template: str) -> str:
+    """The triple's edit said with another template of its kind (`data.TEMPLATES`)."""
+    fields = {k: v for k, v in triple.info.items() if isinstance(v, str) and k != "template"}
+    return template.format(**fields)
+
+
+def greyed(output: np.ndarray, triple: data.EditTriple) -> bool:
+    """Whether the shapes of the triple's target come out grey in `output` (H, W, 3 uint8):
+    the style edit's look, by the eval's style threshold."""
+    shapes = erode(data.shapes_union(triple.target_scene, output.shape[0]))
+    if not shapes.any():
+        return False
+    x = output.astype(np.float64) / 255.0
+    return float((x.max(-1) - x.min(-1))[shapes].mean()) <= STYLE_SATURATION
+
+
+Edit = Callable[[np.ndarray, str, int], np.ndarray]   # (source, instruction, seed) -> output
+
+
+def sampled_edit(pipe, settings: EvalSettings = EvalSettings()) -> Edit:
+    """An `Edit` that samples `pipe` at lambda 0 with the eval's settings."""
+    def edit(source: np.ndarray, instruction: str, seed: int) -> np.ndarray:
+        result = pipe.edit(source, instruction, steps=settings.steps, guidance=settings.guidance,
+                           gamma=settings.gamma, negative_prompt=settings.negative_prompt, seed=seed,
+                           size=source.shape[0], sample_temperature=settings.sample_temperature)
+        return np.asarray(result.image.convert("RGB"))
+    return edit
+
+
+def phrasing_success(edit: Edit, triples: Sequence[data.EditTriple], kind: str,
+                     seed: int = 0) -> dict[str, dict]:
+    """Every edit of `kind` among `triples`, said with each template of the kind: per template,
+    {"split": "train" | "eval", "n", "success" (the edit's pixel check), "grey" (share of
+    outputs whose shapes are grey, `greyed`)}. Triple i is sampled with the eval's seed for
+    index i whatever the phrasing, so phrasings differ in their words only."""
+    chosen = [(i, t) for i, t in enumerate(triples) if t.kind == kind]
+    if not chosen:
+        raise ValueError(f"no {kind} edits among the triples")
+    out = {}
+    for split in data.SPLITS:
+        for template in data.TEMPLATES[kind][split]:
+            outputs = [(edit(t.source, rephrase(t, template), seed * 1_000_003 + i), t) for i, t in chosen]
+            out[template] = {"split": split, "n": len(outputs),
+                             "success": float(np.mean([check_edit(o, t) for o, t in outputs])),
+                             "grey": float(np.mean([greyed(o, t) for o, t in outputs]))}
+    return out
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m editmgt.eval.probes", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="checkpoint folder (e.g. checkpoints/tiny-shapes)")
@@ -243,6 +295,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="guidance scales for the keeping-through-sampling table")
     parser.add_argument("--n-sampled", type=int, default=56,
                         help="held-out triples sampled for that table (those with untouched shapes count)")
+    parser.add_argument("--n-phrasings", type=int, default=56,
+                        help="held-out triples said with every phrasing of their kind (0: skip that table)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from editmgt.pipeline import EditMGTPipeline
@@ -279,6 +333,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         for r in rows:
             print(f"| {r['step']} | {100 * r['committed']:.1f} % | {100 * r['kept']:.1f} % | "
                   f"{100 * r['predicted_kept']:.1f} % |")
+    if args.n_phrasings:
+        edit = sampled_edit(pipe)
+        print(f"\nthe same held-out edits said every way (first {args.n_phrasings} triples, lambda 0):")
+        print("| edit kind | phrasing | split | n | success | shapes grey |\n|---|---|---|---|---|---|")
+        for kind in data.EDIT_KINDS:
+            for template, r in phrasing_success(edit, triples[:args.n_phrasings], kind, args.seed).items():
+                print(f"| {kind} | {template} | {r['split']} | {r['n']} | {100 * r['success']:.1f} % "
+                      f"| {100 * r['grey']:.1f} % |")
     return 0
 
 
