@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from editmgt.data import shapes as data
 from editmgt.eval.probes import (READ_WORDS, first_step_accuracy, greyed, keeping_through_sampling,
-                                  new_word_reading, phrasing_success, rephrase, sampled_edit,
+                                  new_word_reading, phrasing_success, sampled_edit,
                                   swap_read_word, text_stream_similarity)
 from editmgt.eval.shapes import check_edit
 from editmgt.models.transformer import TransformerOutput
@@ -194,7 +194,7 @@ def test_phrasing_success_of_a_model_that_misreads_one_phrasing():
     # every phrasing of triple i is sampled with triple i's seed, and says the same edit
     first = [(ins, seed) for ins, seed in calls if seed == colour[0]]
     assert len(first) == len(table) and len({ins for ins, _ in first}) == len(table)
-    assert rephrase(triples[colour[0]], triples[colour[0]].info["template"]) == triples[colour[0]].instruction
+    assert data.say(triples[colour[0]].info["template"], triples[colour[0]].info) == triples[colour[0]].instruction
 
 
 def test_greyed_looks_at_the_target_shapes():

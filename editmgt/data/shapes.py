@@ -329,6 +329,11 @@ def _region(source: Scene, target: Scene, kind: str, info: dict, size: int) -> n
     return mask
 
 
+def say(template: str, info: dict) -> str:
+    """An edit's instruction: `template` (of `TEMPLATES`) filled from the edit's `info`."""
+    return template.format(**{k: v for k, v in info.items() if isinstance(v, str)})
+
+
 def make_triple(seed: int, index: int, split: str = "train", kind: Optional[str] = None,
                 size: int = IMAGE_SIZE) -> EditTriple:
     """The `index`-th triple of a seeded stream; the same arguments give the same triple.
@@ -352,7 +357,7 @@ def make_triple(seed: int, index: int, split: str = "train", kind: Optional[str]
             continue
         target_scene, info = edited
         template = _pick(rng, list(TEMPLATES[edit_kind][split]))
-        instruction = template.format(**{k: v for k, v in info.items() if isinstance(v, str)})
+        instruction = say(template, info)
         source, target = render(scene, size), render(target_scene, size)
         mask = _region(scene, target_scene, edit_kind, info, size)
         info = dict(info, template=template)
@@ -370,7 +375,7 @@ def redraw(triple: EditTriple, new: Shape) -> EditTriple:
     scene = _replace_shape(triple.target_scene, triple.info["new"], new)
     said = {"colour": new.colour, "kind": new.kind, "pos": POSITIONS[new.cell]}
     info = dict(triple.info, new=new, **{k: v for k, v in said.items() if k in triple.info})
-    instruction = info["template"].format(**{k: v for k, v in info.items() if isinstance(v, str)})
+    instruction = say(info["template"], info)
     size = triple.source.shape[0]
     return EditTriple(triple.source, instruction, render(scene, size),
                       _region(triple.source_scene, scene, triple.kind, info, size), triple.kind,

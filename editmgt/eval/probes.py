@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from editmgt.data import shapes as data
-from editmgt.eval.shapes import STYLE_SATURATION, EvalSettings, check_edit, erode, untouched_shapes
+from editmgt.eval.shapes import (STYLE_SATURATION, EvalSettings, channel_spread, check_edit, erode,
+                                 untouched_shapes)
 from editmgt.train.shapes import agreement_mask
 
 
@@ -238,20 +239,11 @@ def keeping_through_sampling(pipe, triples: Sequence[data.EditTriple], guidance:
              "predicted_kept": pk / max(total, 1)} for k, (c, kept, pk) in enumerate(counts.tolist())]
 
 
-def rephrase(triple: data.EditTriple, template: str) -> str:
-    """The triple's edit said with another template of its kind (`data.TEMPLATES`)."""
-    fields = {k: v for k, v in triple.info.items() if isinstance(v, str) and k != "template"}
-    return template.format(**fields)
-
-
 def greyed(output: np.ndarray, triple: data.EditTriple) -> bool:
     """Whether the shapes of the triple's target come out grey in `output` (H, W, 3 uint8):
     the style edit's look, by the eval's style threshold."""
     shapes = erode(data.shapes_union(triple.target_scene, output.shape[0]))
-    if not shapes.any():
-        return False
-    x = output.astype(np.float64) / 255.0
-    return float((x.max(-1) - x.min(-1))[shapes].mean()) <= STYLE_SATURATION
+    return bool(shapes.any()) and channel_spread(output, shapes) <= STYLE_SATURATION
 
 
 Edit = Callable[[np.ndarray, str, int], np.ndarray]   # (source, instruction, seed) -> output
@@ -279,7 +271,7 @@ def phrasing_success(edit: Edit, triples: Sequence[data.EditTriple], kind: str,
     out = {}
     for split in data.SPLITS:
         for template in data.TEMPLATES[kind][split]:
-            outputs = [(edit(t.source, rephrase(t, template), seed * 1_000_003 + i), t) for i, t in chosen]
+            outputs = [(edit(t.source, data.say(template, t.info), seed * 1_000_003 + i), t) for i, t in chosen]
             out[template] = {"split": split, "n": len(outputs),
                              "success": float(np.mean([check_edit(o, t) for o, t in outputs])),
                              "grey": float(np.mean([greyed(o, t) for o, t in outputs]))}

@@ -122,6 +122,13 @@ def is_absent(img: np.ndarray, shape: data.Shape, keep: Optional[np.ndarray] = N
     return colour_fraction(img, inner, shape.colour) <= ABSENT_FRACTION
 
 
+def channel_spread(img: np.ndarray, mask: np.ndarray) -> float:
+    """Mean (max - min) channel spread of `img` (H, W, 3 uint8) over `mask`, in [0, 1]:
+    0 for grey pixels."""
+    x = img.astype(np.float64) / 255.0
+    return float((x.max(-1) - x.min(-1))[mask].mean())
+
+
 def check_edit(output: np.ndarray, triple: data.EditTriple) -> bool:
     """Did `output` (H, W, 3 uint8) carry out the triple's edit? Judged from pixels only."""
     info, kind = triple.info, triple.kind
@@ -142,11 +149,9 @@ def check_edit(output: np.ndarray, triple: data.EditTriple) -> bool:
         diff = np.abs(output.astype(np.float64) - triple.target.astype(np.float64)) / 255.0
         return float(diff[region].mean()) <= BACKGROUND_L1
     if kind == "style":
-        x = output.astype(np.float64) / 255.0
         shapes = erode(data.shapes_union(triple.source_scene, output.shape[0]))
-        spread = float((x.max(-1) - x.min(-1))[shapes].mean())
-        l1 = float(np.abs(x - triple.target.astype(np.float64) / 255.0).mean())
-        return spread <= STYLE_SATURATION and l1 <= STYLE_L1
+        l1 = float(np.abs(output.astype(np.float64) / 255.0 - triple.target.astype(np.float64) / 255.0).mean())
+        return channel_spread(output, shapes) <= STYLE_SATURATION and l1 <= STYLE_L1
     raise ValueError(f"unknown edit kind {kind!r}")
 
 
@@ -377,12 +382,12 @@ def summarise(records: list[dict], lambdas: Sequence[float]) -> dict:
                             for k in kinds}
     s["count_by_kind"] = {k: sum(r["kind"] == k for r in records) for k in kinds}
     # per held-out phrasing: runs of one recipe differ most in how they read a phrasing
-    s["success_by_phrasing"] = {
-        k: {p: {"n": sum(r["kind"] == k and r.get("phrasing") == p for r in records),
-                "success": _mean([r["success"][0] for r in records
-                                  if r["kind"] == k and r.get("phrasing") == p])}
-            for p in dict.fromkeys(r["phrasing"] for r in records if r["kind"] == k and "phrasing" in r)}
-        for k in kinds}
+    by_phrasing: dict[str, dict[str, list]] = {k: {} for k in kinds}
+    for r in records:
+        if "phrasing" in r:                      # records written before phrasings were kept have none
+            by_phrasing[r["kind"]].setdefault(r["phrasing"], []).append(r["success"][0])
+    s["success_by_phrasing"] = {k: {p: {"n": len(v), "success": _mean(v)} for p, v in per.items()}
+                                for k, per in by_phrasing.items()}
     s["success"] = [_mean([r["success"][j] for r in records]) for j in range(len(lambdas))]
     s["leakage"] = [_mean([r["leakage"][j] for r in records]) for j in range(len(lambdas))]
     s["l1"] = [_mean([r["l1"][j] for r in records]) for j in range(len(lambdas))]
