@@ -326,6 +326,11 @@ def test_training_with_reading_steps_logs_them(tmp_path, caplog):
     assert rows[1]["loss"] is None and rows[0]["loss"] is not None and rows[2]["loss"] is not None
     assert 0.0 <= rows[1]["reading_edit_acc"] <= 1.0
     assert log["recipe"]["reading_until"] == 6
+    # the recipe's ids are its pixel codes: equal pixels, equal ids, so every unchanged patch
+    # of a triple keeps its id; the codes cover every patch of the triples
+    assert log["recipe"]["vq_train"]["codebook_from"] == "pixels"
+    assert log["token_agreement_unchanged"] == 1.0 and log["vq_codes"]["patches"] > 0
+    assert 0.0 <= log["encoder_code_agreement"] <= 1.0
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
     assert len(lines) == 3 and "loss - " in lines[1] and "reading edit -" in lines[0]
     # the log names the CPU: the same seed gives other weights on a CPU with other vector units

@@ -666,3 +666,129 @@ def test_reading_steps_come_every_nth_edit_step_and_draw_the_reading_kinds():
     assert torch.equal(torch.cat([again.draw(3), again.draw(3)]), first)
     with pytest.raises(ValueError, match="no training triples"):
         EpochSampler([], torch.Generator())
+
+
+def _one_patch_images(values: list[float], counts: list[int]) -> torch.Tensor:
+    """Images of a single 2 x 2 patch (one token at factor 2), `counts[i]` of grey level values[i]."""
+    return torch.cat([torch.full((n, 3, 2, 2), v) for v, n in zip(values, counts)])
+
+
+def test_pixel_codes_give_each_distinct_patch_its_own_code_when_there_is_room():
+    from editmgt.train.vq_train import pixel_codes
+
+    colours = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.2, 0.9], [0.9, 0.9, 0.9], [0.1, 0.8, 0.2]])
+    images = _blocks_sampler(colours)(32, torch.Generator().manual_seed(0))   # (32, 3, 16, 16)
+    codes, stats = pixel_codes([images], factor=2, num_codes=8)
+    assert stats["patches"] == 4 and stats["codes_used"] == 4
+    assert stats["centre_l1_tokens"] == stats["centre_l1_distinct"] == 0.0
+    ids = codes.lookup(images)                                               # (32, 8, 8)
+    assert ids.shape == (32, 8, 8)
+    # one id per colour, a different one for each colour, whatever the rest of the image
+    for c in range(4):
+        where = (images.permute(0, 2, 3, 1)[:, ::2, ::2] - colours[c]).abs().sum(-1) < 1e-6
+        assert ids[where].unique().numel() == 1
+    assert ids.unique().numel() == 4
+    # a patch the codes were not built from has no id
+    assert (codes.lookup(torch.zeros(1, 3, 2, 2)) == -100).all()
+
+
+def test_pixel_codes_weigh_frequent_patches_by_the_weight_power():
+    """Three grey patches, two codes: the dark pair shares a code. Weighed by count (power 1)
+    its centre sits on the frequent black patch, so most tokens decode exactly; unweighted
+    (power 0) it sits half-way and every black token is off."""
+    from editmgt.train.vq_train import pixel_codes
+
+    images = _one_patch_images([0.0, 0.2, 1.0], [1000, 1, 1])
+    by_count, stats_1 = pixel_codes([images], factor=2, num_codes=2, weight_power=1.0)
+    alike, stats_0 = pixel_codes([images], factor=2, num_codes=2, weight_power=0.0)
+    black, grey, white = (codes_ids := by_count.lookup(images).flatten())[0], codes_ids[1000], codes_ids[1001]
+    assert black == grey != white
+    assert by_count.centres[black].max() < 0.001
+    assert abs(float(alike.centres[alike.lookup(images).flatten()[0]].mean()) - 0.1) < 0.002
+    assert stats_1["centre_l1_tokens"] < 0.001 < 0.09 < stats_0["centre_l1_tokens"]
+
+
+def test_vq_fitted_to_pixel_codes_gives_them_back():
+    """codebook_from="pixels": the encoder learns the fixed codes (the same patch, the same id,
+    on images it never saw) and the decoder draws them back."""
+    from editmgt.train.vq_train import pixel_codes
+
+    torch.set_num_threads(1)
+    colours = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.2, 0.9], [0.9, 0.9, 0.9], [0.1, 0.8, 0.2]])
+    sample = _blocks_sampler(colours)
+    codes, _ = pixel_codes([sample(64, torch.Generator().manual_seed(0))], factor=2, num_codes=16)
+    cfg = VQConfig(block_out_channels=(8, 8), latent_channels=4, num_vq_embeddings=16, norm_num_groups=4)
+    train = VQTrainConfig(ae_steps=0, steps=120, batch_size=8, lr=5e-3, pixel_loss="mse",
+                          codebook_from="pixels", log_every=20)
+    vq = train_vq(sample, cfg, train, seed=0, codes=codes)
+    fits = [h for h in train.history if h["phase"] == "fit"]
+    assert fits[-1]["ce"] < 0.2 * fits[0]["ce"] and fits[-1]["code_agreement"] > 0.99
+    x = sample(16, torch.Generator().manual_seed(7))
+    ids = encode_ids(vq, x)
+    assert float((ids == codes.lookup(x)).float().mean()) > 0.99
+    assert float((decode_ids(vq, ids) - x).abs().mean()) < 0.3 * fits[0]["l1"]
+    with pytest.raises(ValueError, match="needs the patch codes"):
+        train_vq(sample, cfg, VQTrainConfig(ae_steps=0, steps=1, codebook_from="pixels"))
+    with pytest.raises(ValueError, match="ae_steps"):
+        train_vq(sample, cfg, VQTrainConfig(ae_steps=5, steps=1, codebook_from="pixels"), codes=codes)
+    with pytest.raises(ValueError, match="only it takes them"):
+        train_vq(sample, cfg, VQTrainConfig(ae_steps=1, steps=1, codebook_from="patches"), codes=codes)
+
+
+def test_code_vectors_from_centres_keep_what_the_codes_look_like():
+    """code_vectors="centres": unit variance per dimension, and the codes of two near-equal
+    patches are closer than those of patches far apart (random draws know nothing of that)."""
+    from editmgt.train.vq_train import code_vectors
+
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.rand(64, 12, generator=gen)
+    centres[1] = centres[0] + 0.01                                       # a near twin of code 0
+    vectors = code_vectors(centres, 4, "centres", torch.Generator().manual_seed(1))
+    assert vectors.shape == (64, 4) and vectors.dtype == torch.float32
+    assert torch.allclose(vectors.std(0), torch.ones(4), atol=0.35)
+    far = (vectors[0] - vectors[2:]).norm(dim=1)
+    assert (vectors[0] - vectors[1]).norm() < far.median()
+    assert torch.equal(code_vectors(centres, 4, "random", torch.Generator().manual_seed(1)),
+                       torch.randn(64, 4, generator=torch.Generator().manual_seed(1)))
+    with pytest.raises(ValueError, match="code_vectors"):
+        code_vectors(centres, 4, "pca", gen)
+
+
+def test_decoder_steps_train_the_decoder_alone():
+    """After the joint steps, decoder_steps fit the decoder to the true code grids: its pixel
+    loss falls while the encoder (and so every id) stays as it was."""
+    from editmgt.train.vq_train import fit_decoder_to_codes, pixel_codes
+
+    torch.set_num_threads(1)
+    colours = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.2, 0.9], [0.9, 0.9, 0.9], [0.1, 0.8, 0.2]])
+    sample = _blocks_sampler(colours)
+    codes, _ = pixel_codes([sample(64, torch.Generator().manual_seed(0))], factor=2, num_codes=16)
+    cfg = VQConfig(block_out_channels=(8, 8), latent_channels=4, num_vq_embeddings=16, norm_num_groups=4)
+    train = VQTrainConfig(ae_steps=0, steps=30, batch_size=8, lr=5e-3, pixel_loss="mse",
+                          codebook_from="pixels", code_vectors="centres", log_every=10)
+    vq = train_vq(sample, cfg, train, seed=0, codes=codes)
+    encoder = {k: v.clone() for k, v in vq.encoder.state_dict().items()}
+    train.decoder_steps, train.decoder_lr = 80, 5e-3
+    fit_decoder_to_codes(vq, sample, codes, train, torch.Generator().manual_seed(1))
+    steps = [h for h in train.history if h["phase"] == "decoder"]
+    assert steps[0]["step"] == 0 and steps[-1]["step"] == 79
+    assert steps[-1]["pixel"] < 0.5 * steps[0]["pixel"]
+    assert all(torch.equal(v, vq.encoder.state_dict()[k]) for k, v in encoder.items())
+
+
+def test_vq_codebook_flag_picks_the_vq_stage():
+    """--vq-codebook: pixel codes by default; "learnt" is the previous checkpoints' VQ stage
+    (with --steps 3000, the previous recipe)."""
+    from editmgt.train.shapes import ShapesRecipe, build_parser, recipe_from_args, vq_schedule
+
+    parse = lambda argv: recipe_from_args(build_parser().parse_args(["--out", "x", *argv]))  # noqa: E731
+    default = parse([]).vq_train
+    assert (default.codebook_from, default.ae_steps, default.locality_steps) == ("pixels", 0, 0)
+    assert default.decoder_steps > 0 and default.code_vectors == "centres"
+    assert ShapesRecipe().vq_train == default
+    learnt = parse(["--vq-codebook", "learnt"]).vq_train
+    assert (learnt.codebook_from, learnt.ae_steps, learnt.steps, learnt.locality_steps) == ("patches", 300, 900, 1000)
+    with pytest.raises(SystemExit):
+        parse(["--vq-codebook", "random"])
+    with pytest.raises(ValueError, match="unknown VQ codebook"):
+        vq_schedule("random")

@@ -4,8 +4,9 @@
 
 Steps: (1) random tiny CLIP and Gemma2 text towers with real BPE tokenizers learned from
 the shapes vocabulary; (2) edit triples from `editmgt.data.shapes`; (3) a small `VQModel`
-trained on the domain (`vq_train.py`: codebook from distinct patches, then an id-locality
-phase so equal patches get equal ids); (4) the transformer, started with copy heads
+fitted to fixed pixel codes (`vq_train.py`: the distinct 4 x 4 patches clustered into the
+codes first, so equal patches get equal ids on every machine; the editor trains on those
+ids); (4) the transformer, started with copy heads
 (`init.py`) and a short copy warm-up, trained with the paper's objective (`objective.py`,
 with its edit weighting, edit masking and the grounding of the locating words' attention
 on) together with the text towers' layers, on instructions partly perturbed by phrasing
@@ -42,8 +43,8 @@ from editmgt.train.objective import (
     train_step,
 )
 from editmgt.train.init import init_copy_heads
-from editmgt.train.vq_train import (VQConfig, VQTrainConfig, lookup_modal, modal_ids, patch_keys,
-                                    train_vq)
+from editmgt.train.vq_train import (PixelCodes, VQConfig, VQTrainConfig, lookup_modal, modal_ids,
+                                    patch_keys, pixel_codes, train_vq)
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,22 @@ NEGATIVE_PROMPT = (
 TARGETS = ("vq", "snap", "canonical")   # ShapesRecipe.targets choices
 GROUNDING_ROWS = ("all", *data.KEYWORD_SETS)   # ShapesRecipe.grounding_rows choices
 TEXT_LENGTH = 32             # Gemma2 rows: the tokenizer's model_max_length caps the stream
+VQ_CODEBOOKS = ("pixels", "learnt")   # vq_schedule choices
+
+
+def vq_schedule(codebook: str) -> VQTrainConfig:
+    """The VQ stage of the recipe: "pixels" (the default since 2026-12-04: ids fixed from the
+    pixel patches, then the encoder and decoder fitted to them) or "learnt" (the checkpoints
+    before: auto-encoder warm-up, k-means of the distinct patches' latents, quantised steps,
+    id-locality steps)."""
+    common = dict(batch_size=16, lr=4e-3, pixel_loss="l1+mse", detail_weight=10.0)
+    if codebook == "pixels":
+        return VQTrainConfig(ae_steps=0, steps=600, codebook_from="pixels", code_weight_power=0.5,
+                             code_vectors="centres", decoder_steps=800, decoder_lr=2e-3, **common)
+    if codebook == "learnt":
+        return VQTrainConfig(ae_steps=300, steps=900, kmeans_batches=64, codebook_from="patches",
+                             locality_steps=1000, locality_lr=2e-3, **common)
+    raise ValueError(f"unknown VQ codebook {codebook!r}: use {', '.join(VQ_CODEBOOKS)}")
 
 
 @dataclass
@@ -79,9 +96,9 @@ class ShapesRecipe:
     phrasing_keeps: tuple[str, ...] = ("image", "picture")
     # VQ
     vq: VQConfig = field(default_factory=VQConfig)
-    vq_train: VQTrainConfig = field(default_factory=lambda: VQTrainConfig(
-        ae_steps=300, steps=900, batch_size=16, lr=4e-3, pixel_loss="l1+mse", detail_weight=10.0,
-        kmeans_batches=64, codebook_from="patches", locality_steps=1000, locality_lr=2e-3))
+    # the ids are clusters of the distinct pixel patches, fixed before the VQ trains, so they
+    # are the same on every machine (docs/SHAPES.md, "Pixel codes")
+    vq_train: VQTrainConfig = field(default_factory=lambda: vq_schedule("pixels"))
     vq_dense_images: int = 8000           # dense scenes mixed into the VQ's training images
     # target ids: "vq" (the VQ's codes of the target image), "snap" (source id where the
     # patch is unchanged), "canonical" (snap, and each changed patch's pixels -> their modal id)
@@ -114,7 +131,7 @@ class ShapesRecipe:
     # the edit, so the words that say what to draw stay free
     grounding_rows: str = "locating"
     # optimisation
-    steps: int = 3000                     # edit steps, after the copy warm-up (34.9 min in all on 2 cores)
+    steps: int = 2800                     # edit steps, after the copy warm-up
     batch_size: int = 32
     # keep_share / mask_objects (the untouched shapes weighed and hidden like the edit) were
     # tried and not adopted: docs/SHAPES.md, "Tried and not adopted"
@@ -480,10 +497,12 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
                  pretrained_vq: Optional[Union[str, Path]] = None) -> dict:
     """Run the whole recipe into `out_dir`; returns the training log (also train_log.json).
 
-    pretrained_vq: a `vqvae/` folder to reuse instead of training the VQ (experiments only:
-    the same VQ weights tokenise a few near-tie patches differently in a process that has not
-    trained them, so the transformer that follows differs from the whole run's; the shipped
-    checkpoint trains it).
+    pretrained_vq: a `vqvae/` folder to reuse instead of training the VQ (experiments only).
+    With pixel codes (the default) the editor trains on the codes, not on what the reused
+    encoder gives, so a VQ of the same recipe and seed repeats the whole run's transformer;
+    a VQ fitted to other codes is reported (`encoder_code_agreement`). With a learnt
+    codebook the reused encoder tokenises a few near-tie patches differently, and the
+    transformer differs from the whole run's.
     """
     from editmgt.models.text_encoders import TextConditioner
     from editmgt.models.transformer import EditMGTTransformer, TransformerConfig
@@ -521,18 +540,26 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
     t0 = time.time()
     dense = np.stack([data.make_vq_image(recipe.seed, i, recipe.image_size)
                       for i in range(recipe.vq_dense_images)])
-    pool = to_tensor(np.concatenate([sources[: len(dense)], targets[: len(dense)], dense]))
+    in_pool = len(dense)                  # triples whose source and target the pool holds
+    pool = to_tensor(np.concatenate([sources[:in_pool], targets[:in_pool], dense]))
     del dense
 
     def sample_batch(b: int, gen: torch.Generator) -> torch.Tensor:
         return pool[torch.randint(0, pool.shape[0], (b,), generator=gen)]
 
+    codes: Optional[PixelCodes] = None
+    if recipe.vq_train.codebook_from == "pixels":
+        # the ids are fixed from the pixels first: every patch of the triples gets one
+        rest = slice(in_pool, None)
+        codes, log["vq_codes"] = pixel_codes(
+            [pool, to_tensor(sources[rest]), to_tensor(targets[rest])], recipe.vq.factor,
+            recipe.vq.num_vq_embeddings, seed=recipe.seed + 30, weight_power=recipe.vq_train.code_weight_power)
     if pretrained_vq is not None:
         from diffusers import VQModel
 
         vq_model = VQModel.from_pretrained(pretrained_vq, use_safetensors=True).eval()
     else:
-        vq_model = train_vq(sample_batch, recipe.vq, recipe.vq_train, seed=recipe.seed + 30)
+        vq_model = train_vq(sample_batch, recipe.vq, recipe.vq_train, seed=recipe.seed + 30, codes=codes)
     vq_model.save_pretrained(out / "vqvae", safe_serialization=True)
     log["vq"] = recipe.vq_train.history if pretrained_vq is None else []
     log["timings"]["vq_s"] = round(time.time() - t0, 1)
@@ -540,8 +567,19 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
 
     # 4. Tokens and text table.
     t0 = time.time()
-    src_ids = vq.encode(to_tensor(sources), batch_size=256)
-    tgt_ids = vq.encode(to_tensor(targets), batch_size=256)
+    if codes is not None:
+        # the editor trains on the codes the VQ was fitted to; its encoder gives them back
+        src_ids, tgt_ids = codes.lookup(to_tensor(sources)), codes.lookup(to_tensor(targets))
+        probe = to_tensor(np.concatenate([sources[:256], targets[:256]]))
+        log["encoder_code_agreement"] = float((vq.encode(probe, batch_size=256) == codes.lookup(probe))
+                                              .float().mean())
+        if log["encoder_code_agreement"] < 0.99:
+            logger.warning("the VQ's encoder gives the recipe's patch codes for only %.1f%% of the tokens "
+                           "(a VQ fitted to other codes, or too few VQ steps): the editor will see other "
+                           "ids than it was trained on", 100 * log["encoder_code_agreement"])
+    else:
+        src_ids = vq.encode(to_tensor(sources), batch_size=256)
+        tgt_ids = vq.encode(to_tensor(targets), batch_size=256)
     factor = recipe.image_size // src_ids.shape[-1]                        # pixels per token side
     unchanged = agreement_mask(sources, targets, factor)
     log["token_agreement_unchanged"] = float((src_ids == tgt_ids)[unchanged].float().mean())
@@ -680,9 +718,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--phrasing-keeps", nargs="*", default=list(ShapesRecipe.phrasing_keeps),
                         metavar="WORD", help="words the phrasing noise leaves alone besides the "
                                              "meaning words (none: pass the flag alone)")
+    parser.add_argument("--vq-codebook", choices=VQ_CODEBOOKS, default="pixels",
+                        help="the VQ stage: ids fixed from the pixel patches (pixels, the default) or the "
+                             "learnt codebook of the checkpoints before 2026-12-04 night (learnt)")
     parser.add_argument("--reuse-vq", type=Path, default=None,
                         help="vqvae/ folder written by an earlier run of this recipe (same seed): "
-                             "skips the VQ stage (about 11-13 minutes)")
+                             "skips fitting the VQ (about 6 minutes)")
     return parser
 
 
@@ -693,7 +734,7 @@ def recipe_from_args(args: argparse.Namespace) -> ShapesRecipe:
                         steps=steps, reading_kinds=tuple(args.reading_kinds), reading_every=args.reading_every,
                         reading_from=args.reading_from, reading_until=args.reading_until,
                         kind_repeats=_kind_repeats(args.kind_repeats), phrasing_keeps=tuple(args.phrasing_keeps),
-                        objective=_objective_with(args))
+                        vq_train=vq_schedule(args.vq_codebook), objective=_objective_with(args))
 
 
 def _kind_repeats(pairs: Sequence[str]) -> dict[str, int]:

@@ -7,11 +7,18 @@ mean latent of each distinct pixel patch (`codebook_from`); (3) vector-quantised
 so the codebook does not collapse; (4) optionally an id-locality phase: the encoder is
 pulled to give every patch the id it most often has (so equal pixels get equal ids
 whatever the rest of the image holds) and the decoder is re-fitted to the result.
+
+Or, for a domain with few distinct patches (`codebook_from="pixels"`), the ids are fixed
+before any training: the distinct pixel patches are clustered into the codes
+(`pixel_codes`), the encoder learns to give each patch its code and the decoder to draw the
+patches of a code grid (`train_vq_on_codes`). The ids are then a function of the pixels
+alone, the same on every machine, whatever the float noise of training.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
@@ -33,6 +40,11 @@ class VQConfig:
     latent_channels: int = 16
     num_vq_embeddings: int = 512
     norm_num_groups: int = 8
+
+    @property
+    def factor(self) -> int:
+        """Pixels per token side."""
+        return 2 ** (len(self.block_out_channels) - 1)
 
     def build(self) -> VQModel:
         """A fresh VQModel in the released layout (lookup_from_codebook, no mid attention)."""
@@ -65,8 +77,22 @@ class VQTrainConfig:
     restart_every: int = 25       # steps between dead-code restarts (0 = never)
     # "latents": k-means / restarts over all encoder outputs (frequent patches get many
     # codes); "patches": over the mean latent of each distinct pixel patch, so a patch
-    # seen a million times counts once and keeps one code whatever its context
+    # seen a million times counts once and keeps one code whatever its context; "pixels":
+    # the codes are clusters of the distinct pixel patches, fixed before training
+    # (`pixel_codes`; `steps` then counts the steps of `train_vq_on_codes`, and the
+    # auto-encoder, k-means and locality phases do not run)
     codebook_from: str = "latents"
+    # "pixels": a distinct patch seen n times weighs n ** code_weight_power in the clustering
+    # (0: every patch alike, so backgrounds lose exactness; 1: rare edge patches merge)
+    code_weight_power: float = 0.5
+    # "pixels": the codebook's vectors. "random": N(0, 1) draws; "centres": the code centres'
+    # whitened principal components mixed half and half with such draws, so the decoder's
+    # input already says what a code's patches look like and close patches stay apart
+    code_vectors: str = "random"
+    # "pixels": steps after `steps` that train the decoder alone (the encoder has learnt the
+    # codes by then; a decoder step costs about half a joint step)
+    decoder_steps: int = 0
+    decoder_lr: float = 2e-3
     # id locality (after the quantised steps): fine-tune the encoder so that every distinct
     # patch gets the id it most often has (cross-entropy over the frozen codebook) while
     # the decoder is re-fitted to the ids the encoder then gives
@@ -246,8 +272,20 @@ def _kmeans(x: Tensor, k: int, iters: int, generator: torch.Generator) -> Tensor
 
 def train_vq(sample_batch: Callable[[int, torch.Generator], Tensor], config: VQConfig,
              train: VQTrainConfig, seed: int = 0,
-             vq: Optional[VQModel] = None) -> VQModel:
-    """Train a VQModel; `sample_batch(batch_size, generator)` returns (B, 3, H, W) in [0, 1]."""
+             vq: Optional[VQModel] = None, codes: Optional["PixelCodes"] = None) -> VQModel:
+    """Train a VQModel; `sample_batch(batch_size, generator)` returns (B, 3, H, W) in [0, 1].
+
+    codes: the fixed patch -> id table (`pixel_codes`), required by and only by
+    `codebook_from="pixels"`."""
+    if train.codebook_from not in ("latents", "patches", "pixels"):
+        raise ValueError(f"codebook_from must be 'latents', 'patches' or 'pixels', got {train.codebook_from!r}")
+    if (train.codebook_from == "pixels") != (codes is not None):
+        raise ValueError("codebook_from='pixels' needs the patch codes (pixel_codes), and only it takes them")
+    if codes is not None:
+        if train.ae_steps or train.locality_steps:
+            raise ValueError("codebook_from='pixels' fixes the ids before training: set ae_steps and "
+                             "locality_steps to 0")
+        return train_vq_on_codes(sample_batch, codes, config, train, seed, vq)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     vq = vq if vq is not None else config.build()
@@ -277,8 +315,6 @@ def train_vq(sample_batch: Callable[[int, torch.Generator], Tensor], config: VQC
             train.history.append(rec_)
             logger.info("vq %s", rec_)
 
-    if train.codebook_from not in ("latents", "patches"):
-        raise ValueError(f"codebook_from must be 'latents' or 'patches', got {train.codebook_from!r}")
     by_patch = train.codebook_from == "patches"
     factor = 2 ** (len(vq.config.block_out_channels) - 1)
 
@@ -380,3 +416,187 @@ def train_id_locality(vq: VQModel, sample_batch: Callable[[int, torch.Generator]
     vq.quantize.embedding.weight.requires_grad_(True)
     vq.eval()
     return purity
+
+
+# ----------------------------------------------------------------------------- fixed pixel codes
+
+@dataclass
+class PixelCodes:
+    """A tokenisation fixed before training: the code id of every distinct f x f patch.
+
+    keys: (U,) sorted patch keys (`patch_keys`); ids: (U,) their code ids; centres: (K, 3 f f)
+    the mean pixels of each code (what its patches look like); factor: f."""
+
+    keys: Tensor
+    ids: Tensor
+    centres: Tensor
+    factor: int
+
+    def lookup(self, images: Tensor, chunk: int = 2048) -> Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, H/f, W/f) code ids; -100 for patches never seen."""
+        return torch.cat([lookup_modal(patch_keys(images[i:i + chunk], self.factor), self.keys, self.ids)
+                          for i in range(0, images.shape[0], chunk)])
+
+
+def patch_pixels(images: Tensor, factor: int) -> Tensor:
+    """(B, 3, H, W) in [0, 1] -> (B * H/f * W/f, 3 f f) uint8 pixels of every token's patch,
+    in the order of `patch_keys(images, factor).flatten()`."""
+    b, c, h, w = images.shape
+    q = (images.detach() * 255).round().to(torch.uint8)
+    q = q.reshape(b, c, h // factor, factor, w // factor, factor).permute(0, 2, 4, 1, 3, 5)
+    return q.reshape(-1, c * factor * factor)
+
+
+def pixel_codes(images: Sequence[Tensor], factor: int, num_codes: int, seed: int = 0,
+                weight_power: float = 0.5, iters: int = 25) -> tuple[PixelCodes, dict]:
+    """Cluster the distinct f x f pixel patches of `images` (each (B, 3, H, W) in [0, 1]) into
+    `num_codes` codes: weighted k-means++ then Lloyd iterations in float64, a patch seen n
+    times weighing n ** weight_power. With no more distinct patches than codes, each patch
+    is a code of its own. Returns the codes and stats (distinct patches, the mean absolute
+    pixel error of a patch against its code's centre, over distinct patches and per token)."""
+    keys, pixels = [], []
+    for batch in images:
+        for x in batch.split(2048):
+            keys.append(patch_keys(x, factor).flatten())
+            pixels.append(patch_pixels(x, factor))
+    unique, first, counts = _distinct(torch.cat(keys))
+    points = torch.cat(pixels)[first].double() / 255                        # (U, 3 f f)
+    weights = counts.double() ** weight_power
+    gen = torch.Generator().manual_seed(seed)
+    if unique.numel() <= num_codes:
+        ids = torch.arange(unique.numel())
+        centres = torch.cat([points, points[:1].expand(num_codes - unique.numel(), -1)])
+    else:
+        ids, centres = _weighted_kmeans(points, weights, num_codes, iters, gen)
+    err = (points - centres[ids]).abs().mean(1)
+    stats = {"phase": "codes", "patches": int(unique.numel()), "codes_used": int(ids.unique().numel()),
+             "centre_l1_distinct": float(err.mean()),
+             "centre_l1_tokens": float((err * counts).sum() / counts.sum())}
+    logger.info("vq pixel codes %s", stats)
+    return PixelCodes(unique, ids, centres.float(), factor), stats
+
+
+def _distinct(keys: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """keys (N,) -> (sorted distinct keys (U,), index of one occurrence of each (U,), counts (U,))."""
+    unique, inverse, counts = torch.unique(keys, return_inverse=True, return_counts=True)
+    first = torch.empty_like(unique).scatter_(0, inverse, torch.arange(keys.numel()))
+    return unique, first, counts
+
+
+def _weighted_kmeans(x: Tensor, w: Tensor, k: int, iters: int, gen: torch.Generator
+                     ) -> tuple[Tensor, Tensor]:
+    """(N, D) points with (N,) weights -> (assignment (N,), centres (k, D)); k-means++
+    seeding draws each next centre with probability ~ weight x squared distance."""
+    centres = [x[int(torch.multinomial(w, 1, generator=gen))]]
+    d2 = ((x - centres[0]) ** 2).sum(1)
+    for _ in range(1, k):
+        i = int(torch.multinomial(w * d2 + 1e-300, 1, generator=gen))
+        centres.append(x[i])
+        d2 = torch.minimum(d2, ((x - x[i]) ** 2).sum(1))
+    c = torch.stack(centres)
+    for _ in range(iters):
+        assign = torch.cdist(x, c).argmin(1)
+        mass = torch.zeros(k, dtype=x.dtype).index_add_(0, assign, w)
+        sums = torch.zeros_like(c).index_add_(0, assign, x * w[:, None])
+        c = torch.where(mass[:, None] > 0, sums / mass.clamp(min=1e-300)[:, None], c)
+    return torch.cdist(x, c).argmin(1), c
+
+
+def code_vectors(centres: Tensor, dim: int, kind: str, gen: torch.Generator) -> Tensor:
+    """(K, 3 f f) code centres -> (K, dim) codebook vectors of unit variance per dimension:
+    "random" N(0, 1) draws, or "centres", the centres' top `dim` principal components,
+    whitened, plus as much N(0, 1) noise, over sqrt 2."""
+    noise = torch.randn(centres.shape[0], dim, generator=gen)
+    if kind == "random":
+        return noise
+    if kind != "centres":
+        raise ValueError(f"code_vectors must be 'random' or 'centres', got {kind!r}")
+    x = centres.double() - centres.double().mean(0)
+    _, _, v = torch.linalg.svd(x, full_matrices=False)
+    z = x @ v[:dim].T
+    z = F.pad(z, (0, dim - z.shape[1]))                  # fewer pixels than dims: zero the rest
+    z = z / z.std(0).clamp(min=1e-12)
+    return ((z.float() + noise) / math.sqrt(2)).contiguous()
+
+
+def train_vq_on_codes(sample_batch: Callable[[int, torch.Generator], Tensor], codes: PixelCodes,
+                      config: VQConfig, train: VQTrainConfig, seed: int = 0,
+                      vq: Optional[VQModel] = None) -> VQModel:
+    """Fit a VQModel to fixed patch codes, `train.steps` steps: the codebook is a fixed random
+    set of vectors; the encoder learns each patch's code (cross-entropy over the codebook,
+    `code_logits`) and the decoder to draw the images from their code grids (the pixel loss
+    on the true codes, so the two halves train side by side). Every patch of the sampled
+    images must be in `codes`."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    vq = vq if vq is not None else config.build()
+    if 2 ** (len(vq.config.block_out_channels) - 1) != codes.factor:
+        raise ValueError(f"the codes are of {codes.factor}-pixel patches, the VQ's tokens are not")
+    codebook = vq.quantize.embedding.weight
+    with torch.no_grad():
+        codebook.copy_(code_vectors(codes.centres, codebook.shape[1], train.code_vectors, gen))
+    codebook.requires_grad_(False)
+    params = [p for p in vq.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=train.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    t0 = time.time()
+    vq.train()
+    for step in range(train.steps):
+        lr = train.lr * min(1.0, (step + 1) / 25) * (0.05 + 0.475 * (1 + math.cos(math.pi * step / train.steps)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x = sample_batch(train.batch_size, gen)
+        target = codes.lookup(x)                                              # (B, h, w)
+        if bool((target < 0).any()):
+            raise ValueError("a sampled image has a patch the codes were not built from")
+        logits = code_logits(vq.encode(x).latents, codebook)
+        ce = F.cross_entropy(logits, target.flatten())
+        rec = vq.decoder(vq.post_quant_conv(codebook[target].permute(0, 3, 1, 2)), None)
+        pix = pixel_loss(rec, x, train.pixel_loss, train.detail_weight)
+        opt.zero_grad(set_to_none=True)
+        (ce + pix).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % train.log_every == 0 or step == train.steps - 1:
+            with torch.no_grad():
+                agree = float((logits.argmax(1) == target.flatten()).float().mean())
+                l1 = float((rec.clamp(0, 1) - x).abs().mean())
+            rec_ = {"phase": "fit", "step": step, "ce": float(ce.detach()), "pixel": float(pix.detach()),
+                    "code_agreement": agree, "l1": l1, "seconds": round(time.time() - t0, 1)}
+            train.history.append(rec_)
+            logger.info("vq %s", rec_)
+    if train.decoder_steps:
+        fit_decoder_to_codes(vq, sample_batch, codes, train, gen, t0)
+    codebook.requires_grad_(True)
+    vq.eval()
+    return vq
+
+
+def fit_decoder_to_codes(vq: VQModel, sample_batch: Callable[[int, torch.Generator], Tensor],
+                         codes: PixelCodes, train: VQTrainConfig, gen: torch.Generator,
+                         t0: Optional[float] = None) -> None:
+    """`train.decoder_steps` steps of the decoder alone (learning rate from train.decoder_lr
+    down to 5 %): it learns to draw the sampled images from their true code grids."""
+    t0 = time.time() if t0 is None else t0
+    codebook = vq.quantize.embedding.weight.detach()
+    params = list(vq.post_quant_conv.parameters()) + list(vq.decoder.parameters())
+    opt = torch.optim.AdamW(params, lr=train.decoder_lr, betas=(0.9, 0.99), weight_decay=0.0)
+    vq.train()
+    for step in range(train.decoder_steps):
+        lr = train.decoder_lr * min(1.0, (step + 1) / 25) * (0.05 + 0.475 * (1 + math.cos(math.pi * step / train.decoder_steps)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x = sample_batch(train.batch_size, gen)
+        target = codes.lookup(x)
+        rec = vq.decoder(vq.post_quant_conv(codebook[target].permute(0, 3, 1, 2)), None)
+        pix = pixel_loss(rec, x, train.pixel_loss, train.detail_weight)
+        opt.zero_grad(set_to_none=True)
+        pix.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % train.log_every == 0 or step == train.decoder_steps - 1:
+            l1 = float((rec.detach().clamp(0, 1) - x).abs().mean())
+            rec_ = {"phase": "decoder", "step": step, "pixel": float(pix.detach()), "l1": l1,
+                    "seconds": round(time.time() - t0, 1)}
+            train.history.append(rec_)
+            logger.info("vq %s", rec_)
+    vq.eval()
