@@ -708,9 +708,9 @@ def test_pixel_codes_weigh_frequent_patches_by_the_weight_power():
     assert stats_1["centre_l1_tokens"] < 0.001 < 0.09 < stats_0["centre_l1_tokens"]
 
 
-def test_vq_fitted_to_pixel_codes_gives_them_back():
-    """codebook_from="pixels": the encoder learns the fixed codes (the same patch, the same id,
-    on images it never saw) and the decoder draws them back."""
+def _fitted_to_codes(**train_kw):
+    """A tiny VQ fitted to the pixel codes of 2 x 2-block images of four colours:
+    (sampler, codes, VQConfig, VQTrainConfig, vq)."""
     from editmgt.train.vq_train import pixel_codes
 
     torch.set_num_threads(1)
@@ -718,9 +718,14 @@ def test_vq_fitted_to_pixel_codes_gives_them_back():
     sample = _blocks_sampler(colours)
     codes, _ = pixel_codes([sample(64, torch.Generator().manual_seed(0))], factor=2, num_codes=16)
     cfg = VQConfig(block_out_channels=(8, 8), latent_channels=4, num_vq_embeddings=16, norm_num_groups=4)
-    train = VQTrainConfig(ae_steps=0, steps=120, batch_size=8, lr=5e-3, pixel_loss="mse",
-                          codebook_from="pixels", log_every=20)
-    vq = train_vq(sample, cfg, train, seed=0, codes=codes)
+    train = VQTrainConfig(ae_steps=0, batch_size=8, lr=5e-3, pixel_loss="mse", codebook_from="pixels", **train_kw)
+    return sample, codes, cfg, train, train_vq(sample, cfg, train, seed=0, codes=codes)
+
+
+def test_vq_fitted_to_pixel_codes_gives_them_back():
+    """codebook_from="pixels": the encoder learns the fixed codes (the same patch, the same id,
+    on images it never saw) and the decoder draws them back."""
+    sample, codes, cfg, train, vq = _fitted_to_codes(steps=120, log_every=20)
     fits = [h for h in train.history if h["phase"] == "fit"]
     assert fits[-1]["ce"] < 0.2 * fits[0]["ce"] and fits[-1]["code_agreement"] > 0.99
     x = sample(16, torch.Generator().manual_seed(7))
@@ -757,16 +762,9 @@ def test_code_vectors_from_centres_keep_what_the_codes_look_like():
 def test_decoder_steps_train_the_decoder_alone():
     """After the joint steps, decoder_steps fit the decoder to the true code grids: its pixel
     loss falls while the encoder (and so every id) stays as it was."""
-    from editmgt.train.vq_train import fit_decoder_to_codes, pixel_codes
+    from editmgt.train.vq_train import fit_decoder_to_codes
 
-    torch.set_num_threads(1)
-    colours = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.2, 0.9], [0.9, 0.9, 0.9], [0.1, 0.8, 0.2]])
-    sample = _blocks_sampler(colours)
-    codes, _ = pixel_codes([sample(64, torch.Generator().manual_seed(0))], factor=2, num_codes=16)
-    cfg = VQConfig(block_out_channels=(8, 8), latent_channels=4, num_vq_embeddings=16, norm_num_groups=4)
-    train = VQTrainConfig(ae_steps=0, steps=30, batch_size=8, lr=5e-3, pixel_loss="mse",
-                          codebook_from="pixels", code_vectors="centres", log_every=10)
-    vq = train_vq(sample, cfg, train, seed=0, codes=codes)
+    sample, codes, _, train, vq = _fitted_to_codes(steps=30, log_every=10, code_vectors="centres")
     encoder = {k: v.clone() for k, v in vq.encoder.state_dict().items()}
     train.decoder_steps, train.decoder_lr = 80, 5e-3
     fit_decoder_to_codes(vq, sample, codes, train, torch.Generator().manual_seed(1))

@@ -519,6 +519,16 @@ def code_vectors(centres: Tensor, dim: int, kind: str, gen: torch.Generator) -> 
     return ((z.float() + noise) / math.sqrt(2)).contiguous()
 
 
+def _warmup_cosine(base: float, step: int, total: int) -> float:
+    """Learning rate of the pixel-code phases: 25 warm-up steps, then cosine from base to 5 %."""
+    return base * min(1.0, (step + 1) / 25) * (0.05 + 0.475 * (1 + math.cos(math.pi * step / total)))
+
+
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
 def train_vq_on_codes(sample_batch: Callable[[int, torch.Generator], Tensor], codes: PixelCodes,
                       config: VQConfig, train: VQTrainConfig, seed: int = 0,
                       vq: Optional[VQModel] = None) -> VQModel:
@@ -541,9 +551,7 @@ def train_vq_on_codes(sample_batch: Callable[[int, torch.Generator], Tensor], co
     t0 = time.time()
     vq.train()
     for step in range(train.steps):
-        lr = train.lr * min(1.0, (step + 1) / 25) * (0.05 + 0.475 * (1 + math.cos(math.pi * step / train.steps)))
-        for g in opt.param_groups:
-            g["lr"] = lr
+        _set_lr(opt, _warmup_cosine(train.lr, step, train.steps))
         x = sample_batch(train.batch_size, gen)
         target = codes.lookup(x)                                              # (B, h, w)
         if bool((target < 0).any()):
@@ -582,9 +590,7 @@ def fit_decoder_to_codes(vq: VQModel, sample_batch: Callable[[int, torch.Generat
     opt = torch.optim.AdamW(params, lr=train.decoder_lr, betas=(0.9, 0.99), weight_decay=0.0)
     vq.train()
     for step in range(train.decoder_steps):
-        lr = train.decoder_lr * min(1.0, (step + 1) / 25) * (0.05 + 0.475 * (1 + math.cos(math.pi * step / train.decoder_steps)))
-        for g in opt.param_groups:
-            g["lr"] = lr
+        _set_lr(opt, _warmup_cosine(train.decoder_lr, step, train.decoder_steps))
         x = sample_batch(train.batch_size, gen)
         target = codes.lookup(x)
         rec = vq.decoder(vq.post_quant_conv(codebook[target].permute(0, 3, 1, 2)), None)
