@@ -361,8 +361,10 @@ def test_shapes_command_line_overrides_the_recipe():
     default = recipe_from_args(parse(["--out", "x"]))
     assert default.to_dict() == ShapesRecipe().to_dict()
     changed = recipe_from_args(parse(["--out", "x", "--grounding-rows", "naming",
-                                      "--grounding-weight", "0", "--steps", "7"]))
+                                      "--grounding-weight", "0", "--steps", "7", "--lr", "0.002"]))
     assert (changed.grounding_rows, changed.objective.grounding_weight, changed.steps) == ("naming", 0.0, 7)
+    assert changed.optim.lr == 0.002
+    assert dataclasses.replace(changed.optim, lr=default.optim.lr) == default.optim   # only the peak
     block = recipe_from_args(parse(["--out", "x", "--reading-every", "2", "--reading-from", "500",
                                     "--reading-until", "1200", "--reading-kinds", "colour", "add"]))
     assert (block.reading_every, block.reading_from, block.reading_until) == (2, 500, 1200)

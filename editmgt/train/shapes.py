@@ -691,6 +691,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     parser.add_argument("--steps", type=int, default=None, help="transformer steps (override)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="peak learning rate of the editor and the text towers' layers (override)")
     parser.add_argument("--targets", choices=TARGETS, default=ShapesRecipe.targets,
                         help="target ids: the VQ's (vq), source ids where the pixels are unchanged "
                              "(snap), or snap plus each changed patch's modal id (canonical); "
@@ -734,7 +736,8 @@ def recipe_from_args(args: argparse.Namespace) -> ShapesRecipe:
                         steps=steps, reading_kinds=tuple(args.reading_kinds), reading_every=args.reading_every,
                         reading_from=args.reading_from, reading_until=args.reading_until,
                         kind_repeats=_kind_repeats(args.kind_repeats), phrasing_keeps=tuple(args.phrasing_keeps),
-                        vq_train=vq_schedule(args.vq_codebook), objective=_objective_with(args))
+                        vq_train=vq_schedule(args.vq_codebook), objective=_objective_with(args),
+                        optim=_optim_with(args))
 
 
 def _kind_repeats(pairs: Sequence[str]) -> dict[str, int]:
@@ -746,6 +749,11 @@ def _kind_repeats(pairs: Sequence[str]) -> dict[str, int]:
             raise ValueError(f"--kind-repeats {pair!r}: use KIND=N, e.g. style=2")
         repeats[kind] = int(count)
     return repeats
+
+
+def _optim_with(args: argparse.Namespace) -> OptimConfig:
+    optim = ShapesRecipe().optim
+    return optim if args.lr is None else dataclasses.replace(optim, lr=args.lr)
 
 
 def _objective_with(args: argparse.Namespace) -> ObjectiveConfig:
