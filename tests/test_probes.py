@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from editmgt.data import shapes as data
-from editmgt.eval.probes import (READ_WORDS, first_step_accuracy, greyed, keeping_through_sampling,
-                                  new_word_reading, phrasing_success, sampled_edit,
-                                  swap_read_word, text_stream_similarity)
-from editmgt.eval.shapes import check_edit
+from editmgt.eval.probes import (FATES, READ_WORDS, first_step_accuracy, greyed, keeping_through_sampling,
+                                  new_word_reading, phrasing_success, sampled_edit, shape_fate,
+                                  swap_read_word, text_stream_similarity, untouched_fates)
+from editmgt.eval.shapes import check_edit, untouched_shapes
 from editmgt.models.transformer import TransformerOutput
 from editmgt.pipeline import EditMGTPipeline
 
@@ -197,6 +197,48 @@ def test_phrasing_success_of_a_model_that_misreads_one_phrasing():
     assert data.say(triples[colour[0]].info["template"], triples[colour[0]].info) == triples[colour[0]].instruction
 
 
+def test_untouched_fates_tell_a_right_edit_from_one_applied_to_every_shape():
+    """A perfect editor keeps every untouched shape; one that paints every shape the new colour
+    gives them all the new colour in colour changes; one that wipes the shapes leaves them gone;
+    a shape drawn as another kind keeps its colour and loses its form."""
+    triples = [data.make_triple(0, i, "eval") for i in range(42)]
+    targets = {t.source.tobytes(): t for t in triples}
+    n_untouched = {}
+    for t in triples:
+        if untouched_shapes(t):
+            n_untouched[t.kind] = n_untouched.get(t.kind, 0) + len(untouched_shapes(t))
+
+    def right(source, instruction, seed):
+        return targets[source.tobytes()].target
+
+    def every_shape(source, instruction, seed):
+        t = targets[source.tobytes()]
+        if t.kind != "colour":
+            return t.target
+        shapes = tuple(dataclasses.replace(s, colour=t.info["colour"]) for s in t.target_scene.shapes)
+        return data.render(data.Scene(t.target_scene.background, shapes))
+
+    def wipe(source, instruction, seed):
+        return data.background_image(targets[source.tobytes()].source_scene.background)
+
+    fates = untouched_fates(right, triples)
+    assert set(fates) == set(n_untouched)
+    for kind, counts in fates.items():
+        assert list(counts) == list(FATES)
+        assert counts["kept"] == sum(counts.values()) == n_untouched[kind]
+    painted = untouched_fates(every_shape, triples)
+    same = sum(s.colour == t.info["colour"] for t in triples if t.kind == "colour" for s in untouched_shapes(t))
+    assert painted["colour"]["took the new colour"] == n_untouched["colour"] - same > 0
+    assert painted["colour"]["kept"] == same          # already the new colour: still itself
+    assert all(c["kept"] == n_untouched[k] for k, c in painted.items() if k != "colour")
+    gone = untouched_fates(wipe, triples)
+    assert all(c["gone"] == n_untouched[k] for k, c in gone.items())
+    square = data.Shape("square", "blue", 0)
+    as_circle = data.render(data.Scene("white", (data.Shape("circle", "blue", 0),)))
+    assert shape_fate(as_circle, square) == "kept its colour, lost its form"
+    assert shape_fate(data.render(data.Scene("white", (data.Shape("square", "red", 0),))), square) == "another colour"
+
+
 def test_greyed_looks_at_the_target_shapes():
     triple = data.make_triple(0, 0, "eval", kind="colour")
     assert not greyed(triple.target, triple)
@@ -209,3 +251,24 @@ def test_sampled_edit_samples_the_pipeline(pipe):
     out = edit(triple.source, triple.instruction, 3)
     assert out.shape == triple.source.shape and out.dtype == np.uint8
     assert np.array_equal(out, edit(triple.source, triple.instruction, 3))   # seeded
+
+
+def test_probes_command_prints_every_table(tiny_checkpoint, capsys):
+    """`python -m editmgt.eval.probes` on training-split triples: each table, said as such;
+    the fates table counts every untouched shape of the triples it samples."""
+    from editmgt.eval.probes import main
+
+    assert main(["--model", str(tiny_checkpoint), "--n", "7", "--n-sampled", "7", "--n-phrasings", "0",
+                 "--n-fates", "14", "--guidance", "1", "--split", "train"]) == 0
+    out = capsys.readouterr().out
+    assert "n = 7 training-split triples" in out and "held-out" not in out
+    table = out.split("what became of the shapes the edit leaves alone (first 14 triples, lambda 0):")[1]
+    lines = table.strip().splitlines()
+    assert lines[0] == "| edit kind | " + " | ".join(FATES) + " |"
+    counted = {cells[0]: sum(map(int, cells[1:]))
+               for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
+    expected: dict[str, int] = {}
+    for t in (data.make_triple(0, i, "train") for i in range(14)):
+        if untouched_shapes(t):
+            expected[t.kind] = expected.get(t.kind, 0) + len(untouched_shapes(t))
+    assert counted == expected

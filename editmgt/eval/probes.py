@@ -22,6 +22,10 @@
   of those are the source's token, and how many of the step's full prediction are. It
   tells whether a shape the first step would keep is lost to guidance, to sampling, or to
   later steps.
+- `untouched_fates`: what became of each shape an edit leaves alone, in sampled edits (lambda
+  0): kept (`has_shape`), or else the named colour most of its inner pixels now show: the
+  edit's new colour, its own colour (the form was lost), a background colour (gone), or
+  another. It tells an edit applied to every shape from one that damages its neighbours.
 - `phrasing_success`: the same edits said with every phrasing of their kind (training and
   held-out templates), sampled as the eval does: success per phrasing, and how often the
   shapes come out grey (the style edit). It separates what a phrasing does from what a scene
@@ -42,7 +46,7 @@ import torch.nn.functional as F
 
 from editmgt.data import shapes as data
 from editmgt.eval.shapes import (STYLE_SATURATION, EvalSettings, channel_spread, check_edit, erode,
-                                 untouched_shapes)
+                                 has_shape, untouched_shapes)
 from editmgt.train.shapes import agreement_mask
 
 
@@ -259,6 +263,40 @@ def sampled_edit(pipe, settings: EvalSettings = EvalSettings()) -> Edit:
     return edit
 
 
+FATES = ("kept", "took the new colour", "kept its colour, lost its form", "gone", "another colour")
+
+
+def shape_fate(output: np.ndarray, shape: data.Shape, new_colour: Optional[str] = None) -> str:
+    """What `shape` (one the edit leaves alone) became in `output` (H, W, 3 uint8): one of
+    `FATES`, read from the named colour most of its inner pixels now show."""
+    if has_shape(output, shape):
+        return "kept"
+    inner = erode(data.shape_mask(shape.kind, shape.cell, output.shape[0]))
+    names = list(data.all_colours())
+    counts = np.bincount(data.classify_pixels(output)[inner], minlength=len(names))
+    colour = names[int(counts.argmax())]
+    if colour == new_colour:
+        return "took the new colour"
+    if colour == shape.colour:
+        return "kept its colour, lost its form"
+    return "gone" if colour in data.BACKGROUND_COLOURS else "another colour"
+
+
+def untouched_fates(edit: Edit, triples: Sequence[data.EditTriple], seed: int = 0) -> dict[str, dict[str, int]]:
+    """edit kind -> {fate: number of untouched shapes} over the `triples` that have such
+    shapes, each sampled once with the eval's seed for its index (lambda 0)."""
+    out: dict[str, dict[str, int]] = {}
+    for i, t in enumerate(triples):
+        others = untouched_shapes(t)
+        if not others:
+            continue
+        output = edit(t.source, t.instruction, seed * 1_000_003 + i)
+        counts = out.setdefault(t.kind, dict.fromkeys(FATES, 0))
+        for shape in others:
+            counts[shape_fate(output, shape, t.info.get("colour"))] += 1
+    return out
+
+
 def phrasing_success(edit: Edit, triples: Sequence[data.EditTriple], kind: str,
                      seed: int = 0) -> dict[str, dict]:
     """Every edit of `kind` among `triples`, said with each template of the kind: per template,
@@ -281,28 +319,33 @@ def phrasing_success(edit: Edit, triples: Sequence[data.EditTriple], kind: str,
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m editmgt.eval.probes", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="checkpoint folder (e.g. checkpoints/tiny-shapes)")
-    parser.add_argument("--n", type=int, default=280, help="held-out triples for the first-step accuracy")
+    parser.add_argument("--n", type=int, default=280, help="triples for the first-step accuracy")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--guidance", type=float, nargs="*", default=[1.0, EvalSettings.guidance],
                         help="guidance scales for the keeping-through-sampling table")
     parser.add_argument("--n-sampled", type=int, default=56,
-                        help="held-out triples sampled for that table (those with untouched shapes count)")
+                        help="triples sampled for that table (those with untouched shapes count)")
     parser.add_argument("--n-phrasings", type=int, default=56,
-                        help="held-out triples said with every phrasing of their kind (0: skip that table)")
+                        help="triples said with every phrasing of their kind (0: skip that table)")
+    parser.add_argument("--n-fates", type=int, default=140,
+                        help="triples sampled for the untouched shapes' fates (0: skip that table)")
+    parser.add_argument("--split", choices=data.SPLITS, default="eval",
+                        help="triples of the held-out scenes and phrasings (eval) or of the training ones")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from editmgt.pipeline import EditMGTPipeline
 
     pipe = EditMGTPipeline.from_pretrained(args.model)
+    which = "held-out" if args.split == "eval" else "training-split"
     scene = data.Scene("white", (data.Shape("circle", "red", 4), data.Shape("square", "blue", 0)))
     instruction = "remove the red circle"
     print(f"text stream, word rows of {instruction!r}:")
     print("| after | word-row cosine | norm |\n|---|---|---|")
     for row in text_stream_similarity(pipe, instruction, data.render(scene)):
         print(f"| {row['after']} | {row['word_cosine']:.3f} | {row['norm']:.1f} |")
-    triples = [data.make_triple(args.seed, i, "eval") for i in range(args.n)]
-    acc = first_step_accuracy(pipe, triples)
-    print(f"\nfirst step (all masked), n = {args.n} held-out triples: tokens the edit changes "
+    triples = [data.make_triple(args.seed, i, args.split) for i in range(max(args.n, args.n_fates))]
+    acc = first_step_accuracy(pipe, triples[:args.n])
+    print(f"\nfirst step (all masked), n = {args.n} {which} triples: tokens the edit changes "
           f"{100 * acc['changed']:.1f} % right, tokens of untouched shapes {100 * acc['untouched']:.1f} % right")
     print("| edit kind | changed | untouched shapes |\n|---|---|---|")
     for kind in data.EDIT_KINDS:
@@ -311,15 +354,15 @@ def main(argv: Optional[list[str]] = None) -> int:
             cells = [f"{100 * v[k]:.1f} %" if v[k] is not None else "-" for k in ("changed", "untouched")]
             print(f"| {kind} | {cells[0]} | {cells[1]} |")
     print("\n" + json.dumps(acc))
-    print(f"\nthe word that says what to draw, first step, held-out edits (of {args.n}):")
+    print(f"\nthe word that says what to draw, first step, {which} edits (of {args.n}):")
     print("| edit | word swapped | n | KL when swapped | drawn as asked | follows the swap |\n|---|---|---|---|---|---|")
     for kind, word in READ_WORDS.items():
-        r = new_word_reading(pipe, triples, kind)
+        r = new_word_reading(pipe, triples[:args.n], kind)
         print(f"| {kind} | {word} | {r['n']} | {r['kl']:.4f} | {100 * r['done']:.1f} % | {100 * r['follows_swap']:.1f} % |")
     for guidance in args.guidance:
         rows = keeping_through_sampling(pipe, triples[:args.n_sampled], guidance, seed=args.seed)
         print(f"\nuntouched-shape tokens through sampling, guidance {guidance:g} "
-              f"({args.n_sampled} held-out triples, lambda 0):")
+              f"({args.n_sampled} {which} triples, lambda 0):")
         print("| step | on the canvas | of those, the source's token | full prediction = source |"
               "\n|---|---|---|---|")
         for r in rows:
@@ -327,12 +370,19 @@ def main(argv: Optional[list[str]] = None) -> int:
                   f"{100 * r['predicted_kept']:.1f} % |")
     if args.n_phrasings:
         edit = sampled_edit(pipe)
-        print(f"\nthe same held-out edits said every way (first {args.n_phrasings} triples, lambda 0):")
+        print(f"\nthe same {which} edits said every way (first {args.n_phrasings} triples, lambda 0):")
         print("| edit kind | phrasing | split | n | success | shapes grey |\n|---|---|---|---|---|---|")
         for kind in data.EDIT_KINDS:
             for template, r in phrasing_success(edit, triples[:args.n_phrasings], kind, args.seed).items():
                 print(f"| {kind} | {template} | {r['split']} | {r['n']} | {100 * r['success']:.1f} % "
                       f"| {100 * r['grey']:.1f} % |")
+    if args.n_fates:
+        fates = untouched_fates(sampled_edit(pipe), triples[:args.n_fates], args.seed)
+        print(f"\nwhat became of the shapes the edit leaves alone (first {args.n_fates} triples, lambda 0):")
+        print("| edit kind | " + " | ".join(FATES) + " |\n" + "|---" * (len(FATES) + 1) + "|")
+        for kind in data.EDIT_KINDS:
+            if kind in fates:
+                print(f"| {kind} | " + " | ".join(str(fates[kind][f]) for f in FATES) + " |")
     return 0
 
 
