@@ -365,6 +365,9 @@ def test_shapes_command_line_overrides_the_recipe():
     assert (changed.grounding_rows, changed.objective.grounding_weight, changed.steps) == ("naming", 0.0, 7)
     assert changed.optim.lr == 0.002
     assert dataclasses.replace(changed.optim, lr=default.optim.lr) == default.optim   # only the peak
+    hidden = recipe_from_args(parse(["--out", "x", "--mask-objects"]))
+    assert hidden.objective == dataclasses.replace(default.objective, mask_objects=True)
+    assert recipe_from_args(parse(["--out", "x", "--no-mask-objects"])).objective.mask_objects is False
     block = recipe_from_args(parse(["--out", "x", "--reading-every", "2", "--reading-from", "500",
                                     "--reading-until", "1200", "--reading-kinds", "colour", "add"]))
     assert (block.reading_every, block.reading_from, block.reading_until) == (2, 500, 1200)

@@ -134,7 +134,8 @@ class ShapesRecipe:
     steps: int = 2800                     # edit steps, after the copy warm-up
     batch_size: int = 32
     # keep_share / mask_objects (the untouched shapes weighed and hidden like the edit) were
-    # tried and not adopted: docs/SHAPES.md, "Tried and not adopted"
+    # tried and not adopted: docs/SHAPES.md, "Tried and not adopted"; mask_objects alone
+    # (--mask-objects) under Training, "Hiding every shape with the edit"
     objective: ObjectiveConfig = field(default_factory=lambda: ObjectiveConfig(
         text_dropout=0.1, edit_share=0.5, mask_edit_prob=0.5, grounding_weight=0.2))
     # total_steps 0: the cosine decay spans the whole run (copy warm-up + edit steps)
@@ -700,6 +701,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grounding-weight", type=float, default=None,
                         help="weight of the attention-grounding KL on the --grounding-rows (override; "
                              "0 turns it off: an earlier model's recipe)")
+    parser.add_argument("--mask-objects", action=argparse.BooleanOptionalAction, default=None,
+                        help="in the edit-masked samples, hide every shape with the edit (override; "
+                             "--no-mask-objects hides the edit alone: the recipe before 2026-12-05)")
     parser.add_argument("--grounding-rows", choices=GROUNDING_ROWS, default=ShapesRecipe.grounding_rows,
                         help="text rows the grounding term pulls onto the edit region: every row (all), "
                              "the words naming the edit (naming), or those less the new colour or "
@@ -760,6 +764,8 @@ def _objective_with(args: argparse.Namespace) -> ObjectiveConfig:
     objective = ShapesRecipe().objective
     if args.grounding_weight is not None:
         objective = dataclasses.replace(objective, grounding_weight=args.grounding_weight)
+    if args.mask_objects is not None:
+        objective = dataclasses.replace(objective, mask_objects=args.mask_objects)
     return objective
 
 
