@@ -161,3 +161,28 @@ def test_region_scores_are_the_ideal_map_and_its_iou_ceiling():
     assert 0.5 < best < 1.0                                        # 8 px tokens blur a 14 px square
     whole = region_scores(np.ones((64, 64), bool), (16, 16), 2, "adaptive", 1.0)
     assert (whole == 1).all()                                      # style edits: every token
+
+
+def _every_shape_shares_a_word(scene: data.Scene) -> bool:
+    return all(any(o is not s and (o.colour == s.colour or o.kind == s.kind) for o in scene.shapes)
+               for s in scene.shapes)
+
+
+def test_shared_names_give_scenes_whose_shapes_need_both_words():
+    plain = [data.make_triple(0, i) for i in range(140)]
+    shared = [data.make_triple(0, i, shared_names=1.0) for i in range(140)]
+    # 0 is the default stream itself, so the eval's scenes do not move
+    assert all(np.array_equal(a.source, data.make_triple(0, i, shared_names=0.0).source)
+               for i, a in enumerate(plain[:14]))
+    for t in shared:
+        names = [(s.kind, s.colour) for s in t.source_scene.shapes]
+        assert len(set(names)) == len(names)                 # still one shape per name
+        assert data.scene_split(t.source_scene) == "train"
+    crowded = [t for t in shared if len(t.source_scene.shapes) > 1]
+    assert crowded and all(_every_shape_shares_a_word(t.source_scene) for t in crowded)
+    rates = []
+    for chance in (0.0, 0.5):
+        scenes = [data.make_triple(0, i, shared_names=chance).source_scene for i in range(280)]
+        crowded = [s for s in scenes if len(s.shapes) > 1]
+        rates.append(sum(map(_every_shape_shares_a_word, crowded)) / len(crowded))
+    assert rates[0] < 0.4 < rates[1] < 0.85         # by chance about 0.29; half the scenes more

@@ -368,6 +368,10 @@ def test_shapes_command_line_overrides_the_recipe():
     hidden = recipe_from_args(parse(["--out", "x", "--mask-objects"]))
     assert hidden.objective == dataclasses.replace(default.objective, mask_objects=True)
     assert recipe_from_args(parse(["--out", "x", "--no-mask-objects"])).objective.mask_objects is False
+    assert recipe_from_args(parse(["--out", "x", "--shared-names", "0.5"])).shared_names == 0.5
+    assert default.shared_names == 0.0
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        recipe_from_args(parse(["--out", "x", "--shared-names", "1.5"]))
     block = recipe_from_args(parse(["--out", "x", "--reading-every", "2", "--reading-from", "500",
                                     "--reading-until", "1200", "--reading-kinds", "colour", "add"]))
     assert (block.reading_every, block.reading_from, block.reading_until) == (2, 500, 1200)

@@ -241,15 +241,25 @@ def scene_split(scene: Scene) -> str:
     return "eval" if h % EVAL_SCENE_MODULUS == 0 else "train"
 
 
-def _random_scene(rng: np.random.Generator, min_shapes: int = 1, max_shapes: int = 3) -> Scene:
+def _random_scene(rng: np.random.Generator, min_shapes: int = 1, max_shapes: int = 3,
+                  shared_names: float = 0.0) -> Scene:
+    """shared_names: chance that every shape after the first shares its colour or its kind
+    with an earlier one, so that an instruction needs both words to find its shape."""
     n = int(rng.integers(min_shapes, max_shapes + 1))
     cells = rng.choice(GRID * GRID, size=n, replace=False)
+    share = shared_names > 0 and rng.random() < shared_names   # no draw at 0: streams unchanged
     names: set[tuple[str, str]] = set()
-    shapes = []
+    shapes: list[Shape] = []
     for c in cells:
         while True:
             kind = SHAPE_KINDS[int(rng.integers(len(SHAPE_KINDS)))]
             colour = list(SHAPE_COLOURS)[int(rng.integers(len(SHAPE_COLOURS)))]
+            if share and shapes:
+                earlier = shapes[int(rng.integers(len(shapes)))]
+                if rng.integers(2):
+                    kind = earlier.kind
+                else:
+                    colour = earlier.colour
             if (kind, colour) not in names:
                 break
         names.add((kind, colour))
@@ -335,12 +345,14 @@ def say(template: str, info: dict) -> str:
 
 
 def make_triple(seed: int, index: int, split: str = "train", kind: Optional[str] = None,
-                size: int = IMAGE_SIZE) -> EditTriple:
+                size: int = IMAGE_SIZE, shared_names: float = 0.0) -> EditTriple:
     """The `index`-th triple of a seeded stream; the same arguments give the same triple.
 
     split: 'train' or 'eval' (scenes and phrasings of the two never overlap).
     kind: force an edit kind; by default edit kinds cycle with the index so that every
     block of 7 consecutive indices covers each kind once.
+    shared_names: chance that a scene's shapes share colours or kinds (`_random_scene`);
+    0, the default, is the stream every evaluation uses.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -349,7 +361,7 @@ def make_triple(seed: int, index: int, split: str = "train", kind: Optional[str]
         raise ValueError(f"unknown edit kind {edit_kind!r}")
     rng = np.random.default_rng([seed, index, SPLITS.index(split)])
     for _ in range(1000):
-        scene = _random_scene(rng)
+        scene = _random_scene(rng, shared_names=shared_names)
         if scene_split(scene) != split:
             continue
         edited = _edit(rng, scene, edit_kind)
@@ -382,10 +394,11 @@ def redraw(triple: EditTriple, new: Shape) -> EditTriple:
                       triple.source_scene, scene, info)
 
 
-def iter_triples(seed: int, n: int, split: str = "train", start: int = 0) -> Iterator[EditTriple]:
+def iter_triples(seed: int, n: int, split: str = "train", start: int = 0,
+                 shared_names: float = 0.0) -> Iterator[EditTriple]:
     """Yield triples `start` .. `start + n - 1` of the seeded stream."""
     for i in range(start, start + n):
-        yield make_triple(seed, i, split)
+        yield make_triple(seed, i, split, shared_names=shared_names)
 
 
 def make_vq_image(seed: int, index: int, size: int = IMAGE_SIZE) -> np.ndarray:

@@ -80,6 +80,10 @@ class ShapesRecipe:
     seed: int = 0
     image_size: int = data.IMAGE_SIZE
     n_train: int = 16000                  # training triples (cached as tokens)
+    # chance that a training scene's shapes share colours or kinds, so that finding the shape
+    # takes both words (data.make_triple); 0 is the eval's stream (docs/SHAPES.md, "Scenes
+    # whose shapes share a colour or a kind")
+    shared_names: float = 0.0
     # text towers (random; their layers train with the editor when train_text)
     text_dim: int = 32                    # Gemma2 hidden = joint_attention_dim
     pooled_dim: int = 32                  # CLIP projection = pooled_projection_dim
@@ -158,6 +162,8 @@ class ShapesRecipe:
         foreign = [w for w in self.phrasing_keeps if w not in template_words]
         if foreign:
             raise ValueError(f"phrasing_keeps {foreign} are not words of a training template")
+        if not 0.0 <= self.shared_names <= 1.0:
+            raise ValueError(f"shared_names is a chance: between 0 and 1, got {self.shared_names}")
         if self.reading_every < 0:
             raise ValueError("reading_every must be 0 (no reading steps) or positive")
         if self.reading_every == 1 and self.reading_from <= 0 and self._reading_until() >= self.steps:
@@ -471,13 +477,14 @@ def modal_codes(images: Sequence[np.ndarray], ids: Sequence[torch.Tensor], facto
     return out, purity
 
 
-def vq_check_rate(recon: torch.Tensor, seed: int, n: int) -> float:
+def vq_check_rate(recon: torch.Tensor, seed: int, n: int, shared_names: float = 0.0) -> float:
     """Share of the first n training triples whose VQ-reconstructed target passes the eval's
     pixel check: the ceiling the VQ puts on edit success."""
     from editmgt.eval.shapes import check_edit
 
     images = (recon.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-    ok = [check_edit(images[i], data.make_triple(seed, i, "train")) for i in range(n)]
+    ok = [check_edit(images[i], data.make_triple(seed, i, "train", shared_names=shared_names))
+          for i in range(n)]
     return float(np.mean(ok))
 
 
@@ -524,7 +531,8 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
 
     # 2. Triples.
     t0 = time.time()
-    triples = list(data.iter_triples(recipe.seed, recipe.n_train, "train"))
+    triples = list(data.iter_triples(recipe.seed, recipe.n_train, "train",
+                                     shared_names=recipe.shared_names))
     sources = np.stack([tr.source for tr in triples])
     targets = np.stack([tr.target for tr in triples])
     instructions = [tr.instruction for tr in triples]
@@ -595,7 +603,7 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
         tgt_ids = torch.where(unchanged, src_ids, tgt_ids)
     recon = vq.decode(tgt_ids[:280], batch_size=280)
     log["vq_roundtrip_l1"] = float((recon - to_tensor(targets[:280])).abs().mean())
-    log["vq_target_check_rate"] = vq_check_rate(recon, recipe.seed, 280)
+    log["vq_target_check_rate"] = vq_check_rate(recon, recipe.seed, 280, recipe.shared_names)
     del pool
     enc = EncodedTriples(src_ids, tgt_ids, instructions, kinds, tokens_touching(object_pixels, factor),
                          token_shares(region_pixels, factor))
@@ -704,6 +712,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mask-objects", action=argparse.BooleanOptionalAction, default=None,
                         help="in the edit-masked samples, hide every shape with the edit (override; "
                              "--no-mask-objects hides the edit alone: the recipe before 2026-12-05)")
+    parser.add_argument("--shared-names", type=float, default=ShapesRecipe.shared_names,
+                        help="chance that a training scene's shapes share colours or kinds, so that "
+                             "an instruction needs both words to find its shape (0: the recipe)")
     parser.add_argument("--grounding-rows", choices=GROUNDING_ROWS, default=ShapesRecipe.grounding_rows,
                         help="text rows the grounding term pulls onto the edit region: every row (all), "
                              "the words naming the edit (naming), or those less the new colour or "
@@ -736,7 +747,7 @@ def build_parser() -> argparse.ArgumentParser:
 def recipe_from_args(args: argparse.Namespace) -> ShapesRecipe:
     """The recipe's defaults with the command line's overrides."""
     steps = ShapesRecipe.steps if args.steps is None else args.steps
-    return ShapesRecipe(seed=args.seed, targets=args.targets, grounding_rows=args.grounding_rows,
+    return ShapesRecipe(seed=args.seed, shared_names=args.shared_names, targets=args.targets, grounding_rows=args.grounding_rows,
                         steps=steps, reading_kinds=tuple(args.reading_kinds), reading_every=args.reading_every,
                         reading_from=args.reading_from, reading_until=args.reading_until,
                         kind_repeats=_kind_repeats(args.kind_repeats), phrasing_keeps=tuple(args.phrasing_keeps),
