@@ -337,3 +337,24 @@ def test_training_with_reading_steps_logs_them(tmp_path, caplog):
     saved = json.loads((tmp_path / "train_log.json").read_text())
     assert saved["machine"] == describe_cpu() and saved["machine"]["cpu"] == cpu_model() != ""
 
+
+
+def test_clean_edits_need_success_and_every_untouched_shape_kept():
+    """A clean edit succeeds and keeps the shapes it does not name; an edit with none to keep
+    (kept None) needs only succeed. Per lambda, over every edit."""
+    from editmgt.eval.shapes import IOU_THRESHOLDS, format_table, summarise
+
+    def record(kind: str, success: list, kept: list) -> dict:
+        return {"kind": kind, "phrasing": "p", "success": success, "kept": kept,
+                "leakage": [0.1, 0.05], "l1": [0.2, 0.1], "changed": [0.3, 0.1], "floor": 0.01,
+                "iou": {"paper": [0.5] * len(IOU_THRESHOLDS)}}
+
+    records = [record("remove", [True, True], [False, True]),     # lost a shape at lambda 0 only
+               record("remove", [True, False], [True, True]),     # held too much at 0.5
+               record("colour", [False, True], [True, True]),
+               record("style", [True, True], [None, None])]       # nothing to keep
+    summary = summarise(records, [0.0, 0.5])
+    assert summary["clean"] == [0.5, 0.75]
+    assert summary["success"] == [0.75, 0.75] and summary["kept"] == [2 / 3, 1.0]
+    table = format_table(summary)
+    assert "| 0.00 | 75.0 % | 66.7 % | 50.0 % |" in table and "| 0.50 | 75.0 % | 100.0 % | 75.0 % |" in table
