@@ -477,15 +477,13 @@ def modal_codes(images: Sequence[np.ndarray], ids: Sequence[torch.Tensor], facto
     return out, purity
 
 
-def vq_check_rate(recon: torch.Tensor, seed: int, n: int, shared_names: float = 0.0) -> float:
-    """Share of the first n training triples whose VQ-reconstructed target passes the eval's
-    pixel check: the ceiling the VQ puts on edit success."""
+def vq_check_rate(recon: torch.Tensor, triples: Sequence[data.EditTriple]) -> float:
+    """Share of `triples` whose VQ-reconstructed target (`recon`, one per triple) passes the
+    eval's pixel check: the ceiling the VQ puts on edit success."""
     from editmgt.eval.shapes import check_edit
 
     images = (recon.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-    ok = [check_edit(images[i], data.make_triple(seed, i, "train", shared_names=shared_names))
-          for i in range(n)]
-    return float(np.mean(ok))
+    return float(np.mean([check_edit(image, t) for image, t in zip(images, triples, strict=True)]))
 
 
 # ----------------------------------------------------------------------------- main recipe
@@ -541,6 +539,7 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
                               | data.shapes_union(tr.target_scene, recipe.image_size)
                               for tr in triples])
     region_pixels = np.stack([tr.mask for tr in triples])
+    checked = triples[:280]               # the VQ's reconstructions are checked on these
     del triples
     log["timings"]["data_s"] = round(time.time() - t0, 1)
     logger.info("%d training triples in %.1fs", len(instructions), time.time() - t0)
@@ -601,9 +600,9 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
         # Unchanged pixels are copied: a code flip there is tokenizer noise, and training on
         # it teaches the editor to redraw what it should copy.
         tgt_ids = torch.where(unchanged, src_ids, tgt_ids)
-    recon = vq.decode(tgt_ids[:280], batch_size=280)
-    log["vq_roundtrip_l1"] = float((recon - to_tensor(targets[:280])).abs().mean())
-    log["vq_target_check_rate"] = vq_check_rate(recon, recipe.seed, 280, recipe.shared_names)
+    recon = vq.decode(tgt_ids[:len(checked)], batch_size=len(checked))
+    log["vq_roundtrip_l1"] = float((recon - to_tensor(targets[:len(checked)])).abs().mean())
+    log["vq_target_check_rate"] = vq_check_rate(recon, checked)
     del pool
     enc = EncodedTriples(src_ids, tgt_ids, instructions, kinds, tokens_touching(object_pixels, factor),
                          token_shares(region_pixels, factor))
@@ -747,7 +746,8 @@ def build_parser() -> argparse.ArgumentParser:
 def recipe_from_args(args: argparse.Namespace) -> ShapesRecipe:
     """The recipe's defaults with the command line's overrides."""
     steps = ShapesRecipe.steps if args.steps is None else args.steps
-    return ShapesRecipe(seed=args.seed, shared_names=args.shared_names, targets=args.targets, grounding_rows=args.grounding_rows,
+    return ShapesRecipe(seed=args.seed, shared_names=args.shared_names, targets=args.targets,
+                        grounding_rows=args.grounding_rows,
                         steps=steps, reading_kinds=tuple(args.reading_kinds), reading_every=args.reading_every,
                         reading_from=args.reading_from, reading_until=args.reading_until,
                         kind_repeats=_kind_repeats(args.kind_repeats), phrasing_keeps=tuple(args.phrasing_keeps),
