@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--sample-temperature", type=float, default=1.0,
                       help="tokens are drawn from softmax(logits / T); 1 = the released sampler, lower = greedier")
     edit.add_argument("--mask", type=Path, default=None, help="white = region to edit")
+    edit.add_argument("--keep-unchanged-pixels", action="store_true",
+                      help="keep the image's own pixels wherever no token changed (default: every pixel "
+                           "is redrawn through the VQ, as in the paper)")
     edit.add_argument("--keyword", action="append", default=None,
                       help="localise with the rows of this word only (repeat for several words)")
     edit.add_argument("--size", type=int, default=None, help="model size: about SIZE x SIZE pixels at the image's aspect (default: the model's resolution)")
@@ -65,6 +68,7 @@ def run_edit(args: argparse.Namespace) -> dict:
         mask=args.mask,
         size=args.size,
         sample_temperature=args.sample_temperature,
+        keep_unchanged_pixels=args.keep_unchanged_pixels,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result.image.save(args.out)

@@ -249,3 +249,38 @@ def load_mask(
         gh, gw = grid
         array = np.asarray(Image.fromarray(array, mode="F").resize((gw, gh), Image.BOX))
     return torch.from_numpy(np.ascontiguousarray(array) >= threshold)
+
+
+# ---------------------------------------------------------------------- compositing
+def changed_alpha(changed: torch.Tensor, scale: int, margin: int = 1) -> torch.Tensor:
+    """Where an edit's decoded pixels replace the source's: (h, w) bool token mask ->
+    (h*scale, w*scale) float alpha in [0, 1].
+
+    Alpha is 1 on every changed token and on the `margin` tokens around it (the decoder draws
+    a token's neighbours too), then falls to 0 over half a token outside that, so the seam
+    between decoded and source pixels is feathered. No changed token: alpha is all 0."""
+    if changed.ndim != 2:
+        raise ValueError(f"changed must be (h, w), got shape {tuple(changed.shape)}")
+    if scale < 1 or margin < 0:
+        raise ValueError(f"scale must be >= 1 and margin >= 0, got {scale}, {margin}")
+    hard = changed.float()[None, None]
+    if margin:
+        hard = torch.nn.functional.max_pool2d(hard, 2 * margin + 1, stride=1, padding=margin)
+    hard = torch.nn.functional.interpolate(hard, scale_factor=scale, mode="nearest")
+    feather = scale | 1                      # odd box of about one token: half a token each side
+    soft = torch.nn.functional.avg_pool2d(hard, feather, stride=1, padding=feather // 2,
+                                          count_include_pad=False)
+    return torch.maximum(soft, hard)[0, 0]
+
+
+def keep_unchanged(edited: Image.Image, source: Image.Image, alpha: torch.Tensor) -> Image.Image:
+    """The edit where `alpha` (any size, [0, 1]) is 1, the source's own pixels where it is 0,
+    blended between; at `source`'s size (the edit is resized to it)."""
+    if edited.size != source.size:
+        edited = edited.resize(source.size, Image.BICUBIC)
+    weights = alpha.float().clamp(0, 1)[None, None]
+    if tuple(weights.shape[-2:]) != (source.height, source.width):
+        weights = torch.nn.functional.interpolate(weights, size=(source.height, source.width), mode="bilinear",
+                                                  align_corners=False)
+    mask = Image.fromarray((weights[0, 0].numpy() * 255.0).round().astype(np.uint8), mode="L")
+    return Image.composite(edited.convert("RGB"), source.convert("RGB"), mask)

@@ -23,7 +23,7 @@ from PIL import Image
 
 from editmgt.errors import InputError
 from editmgt.hub import DEFAULT_SUBFOLDERS, resolve_checkpoint
-from editmgt.images import fit_size, load_image, load_mask, to_tensor
+from editmgt.images import changed_alpha, fit_size, keep_unchanged, load_image, load_mask, to_tensor
 from editmgt.models.text_encoders import Keywords, TextConditioner, TextEmbeddings
 from editmgt.models.transformer import AttentionProbe, EditMGTTransformer
 from editmgt.models.vq import VQTokenizer
@@ -73,6 +73,7 @@ class EditResult:
     l1_to_reconstruction: float  # mean |edit - VQ round trip of the source|
     changed_fraction: float  # fraction of tokens that differ from the source's tokens
     seed: int
+    keep_unchanged_pixels: bool  # the source's own pixels kept wherever no token changed
     hold_lambda: float
     steps: int
     size: tuple[int, int]  # (width, height) the model ran at
@@ -86,6 +87,7 @@ class EditResult:
             "changed_fraction": self.changed_fraction,
             "seed": self.seed,
             "lambda": self.hold_lambda,
+            "keep_unchanged_pixels": self.keep_unchanged_pixels,
             "steps": self.steps,
             "size": list(self.size),
             "timings": self.timings,
@@ -272,11 +274,14 @@ class EditMGTPipeline:
         size: Optional[Union[int, tuple[int, int]]] = None,
         callback: Optional[Callable[[StepTrace], None]] = None,
         sample_temperature: float = 1.0,
+        keep_unchanged_pixels: bool = False,
     ) -> EditResult:
         """Edit `image` as `instruction` says. `hold_lambda` > 0 turns region-hold on; the
         localisation map reads the text rows of `keyword` (a word of the instruction, or
         several: the paper's row set M) or, by default, all rows. `sample_temperature` < 1
-        draws each step's tokens more greedily (1: the released sampler)."""
+        draws each step's tokens more greedily (1: the released sampler).
+        `keep_unchanged_pixels` returns the source's own pixels (at its full size) wherever the
+        edit kept the source's tokens, instead of their VQ round trip (not in the paper)."""
         return self.sweep(
             image,
             instruction,
@@ -294,6 +299,7 @@ class EditMGTPipeline:
             size=size,
             callback=callback,
             sample_temperature=sample_temperature,
+            keep_unchanged_pixels=keep_unchanged_pixels,
         )[0]
 
     @torch.inference_mode()
@@ -316,6 +322,7 @@ class EditMGTPipeline:
         size: Optional[Union[int, tuple[int, int]]] = None,
         callback: Optional[Callable[[StepTrace], None]] = None,
         sample_temperature: float = 1.0,
+        keep_unchanged_pixels: bool = False,
     ) -> list[EditResult]:
         """Run one edit per lambda as one batch; every lambda uses the same seed, so each
         result equals `edit(..., hold_lambda=lam, seed=seed)`."""
@@ -383,14 +390,20 @@ class EditMGTPipeline:
         )
         timings["sampling"] = time.perf_counter() - t0
 
-        # 5. Decode and measure.
+        # 5. Decode (keeping the source's pixels where no token changed, if asked) and measure.
         t0 = time.perf_counter()
-        edited = self._decode(tokens)  # (B, 3, H, W)
+        decoded = self._decode(tokens)  # (B, 3, H, W)
         reconstruction = self._decode(source_tokens)  # (1, 3, H, W)
+        changed_tokens = tokens != source_tokens  # (B, h, w)
+        edited, alphas = decoded, None
+        if keep_unchanged_pixels:
+            alphas = [changed_alpha(c, self.vq.scale_factor).to(pixels) for c in changed_tokens]  # (H, W) each
+            alpha = torch.stack(alphas)[:, None]
+            edited = alpha * decoded + (1 - alpha) * pixels
         timings["vq_decode"] = time.perf_counter() - t0
         l1_source = (edited - pixels).abs().flatten(1).mean(1).tolist()
         l1_recon = (edited - reconstruction).abs().flatten(1).mean(1).tolist()
-        changed = (tokens != source_tokens).flatten(1).float().mean(1).tolist()
+        changed = changed_tokens.flatten(1).float().mean(1).tolist()
         timings["total"] = time.perf_counter() - t_start
 
         results = []
@@ -406,9 +419,12 @@ class EditMGTPipeline:
                 scores_i = final_scores.scores[i].reshape(grid)
                 held = (scores_i < lam_i) if lam_i < 1.0 else torch.ones_like(scores_i, dtype=torch.bool)
                 held = held.cpu()
+            image = self._to_pil(decoded[i], source.size)
+            if alphas is not None:  # blend at the source's own size, so its full detail is kept
+                image = keep_unchanged(image, source, alphas[i].cpu())
             results.append(
                 EditResult(
-                    image=self._to_pil(edited[i], source.size),
+                    image=image,
                     source_tokens=source_tokens[0].cpu(),
                     edited_tokens=tokens[i].cpu(),
                     attention_grid=grid_map,
@@ -418,6 +434,7 @@ class EditMGTPipeline:
                     l1_to_reconstruction=float(l1_recon[i]),
                     changed_fraction=float(changed[i]),
                     seed=seed,
+                    keep_unchanged_pixels=bool(keep_unchanged_pixels),
                     hold_lambda=lam_i,
                     steps=steps,
                     size=run_size,
@@ -477,6 +494,7 @@ class EditMGTPipeline:
             l1_to_reconstruction=float("nan"),
             changed_fraction=float("nan"),
             seed=seed,
+            keep_unchanged_pixels=False,
             hold_lambda=0.0,
             steps=steps,
             size=run_size,

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from editmgt.errors import InputError
-from editmgt.images import fit_size, load_image, load_mask, prepare_image
+from editmgt.images import changed_alpha, fit_size, keep_unchanged, load_image, load_mask, prepare_image
 
 
 def _png(image: Image.Image, **kwargs) -> bytes:
@@ -182,3 +182,35 @@ def test_mask_grid_and_size_mismatch() -> None:
         load_mask(grey, (128, 64))
     stretched = load_mask(grey, (128, 64), resize=True)
     assert stretched.shape == (64, 128)
+
+
+# ---------------------------------------------------------------------- compositing
+def test_changed_alpha_covers_the_changed_tokens_and_their_margin_then_feathers() -> None:
+    changed = torch.zeros(6, 7, dtype=torch.bool)
+    changed[2, 3] = True
+    alpha = changed_alpha(changed, scale=4, margin=1)
+    assert alpha.shape == (24, 28)
+    assert torch.all(alpha[4:16, 8:20] == 1.0)                       # the token and the ring around it
+    band = torch.cat([alpha[16:18, 8:20].flatten(), alpha[4:16, 20:22].flatten()])
+    assert torch.all((band > 0) & (band < 1))                        # the feather, half a token wide
+    far = torch.ones_like(alpha, dtype=torch.bool)
+    far[2:18, 6:22] = False
+    assert torch.all(alpha[far] == 0.0)                              # beyond it the source is kept
+    no_margin = changed_alpha(changed, scale=4, margin=0)
+    assert torch.all(no_margin[8:12, 12:16] == 1.0) and no_margin[4:8, 8:12].max() < 1.0
+    assert not changed_alpha(torch.zeros(3, 3, dtype=torch.bool), scale=8).any()
+    with pytest.raises(ValueError):
+        changed_alpha(changed[None], scale=4)
+
+
+def test_keep_unchanged_blends_at_the_source_size() -> None:
+    source = _rgb(40, 30)
+    edited = Image.new("RGB", (20, 16), (255, 0, 0))                 # the model ran smaller
+    alpha = torch.zeros(16, 20)
+    alpha[:, :8] = 1.0                                              # the left 40 % was edited
+    out = keep_unchanged(edited, source, alpha)
+    assert out.size == source.size
+    pixels, original = np.asarray(out), np.asarray(source)
+    assert np.array_equal(pixels[:, 20:], original[:, 20:])         # untouched: the source's own pixels
+    assert np.all(pixels[:, :14] == (255, 0, 0))                     # edited: the edit
+    assert np.array_equal(np.asarray(keep_unchanged(edited, source, torch.zeros(16, 20))), original)

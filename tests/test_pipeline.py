@@ -120,6 +120,42 @@ def test_user_mask_keeps_tokens_outside(pipe, photo):
     assert not torch.equal(r.edited_tokens, r.source_tokens)
 
 
+def test_keep_unchanged_pixels_returns_the_source_where_no_token_changed(pipe, photo):
+    """Lambda 1 changes no token: with the option the edit is the photo itself, bit for bit,
+    at its own size (80 x 48, not the model's 64 x 48); without it, the VQ round trip."""
+    args = dict(FAST, seed=0, hold_lambda=1.0, size=(64, 48))
+    kept = pipe.edit(photo, "turn it into a painting", keep_unchanged_pixels=True, **args)
+    plain = pipe.edit(photo, "turn it into a painting", **args)
+    assert kept.size != photo.size and kept.image.size == photo.size
+    assert np.array_equal(np.asarray(kept.image), np.asarray(photo))
+    assert kept.l1_to_source == 0.0 and kept.summary()["keep_unchanged_pixels"] is True
+    assert plain.l1_to_source > 0.01 and not np.array_equal(np.asarray(plain.image), np.asarray(photo))
+
+
+def test_keep_unchanged_pixels_keeps_the_edit_where_tokens_changed(pipe, photo):
+    """A masked edit of the left half: the right quarter (no token changed, two tokens from
+    the mask) is the photo's own pixels; the changed tokens keep the decoded edit; the
+    tokens are the same as without the option."""
+    mask = np.zeros((photo.size[1], photo.size[0]), dtype=np.uint8)
+    mask[:, : photo.size[0] // 2] = 255
+    args = dict(FAST, seed=2, mask=Image.fromarray(mask), size=(64, 48))
+    kept = pipe.edit(photo, "make the left side blue", keep_unchanged_pixels=True, **args)
+    plain = pipe.edit(photo, "make the left side blue", **args)
+    assert torch.equal(kept.edited_tokens, plain.edited_tokens)
+    right = photo.size[0] * 3 // 4
+    assert np.array_equal(np.asarray(kept.image)[:, right:], np.asarray(photo)[:, right:])
+    assert not np.array_equal(np.asarray(plain.image)[:, right:], np.asarray(photo)[:, right:])
+    # deep inside the changed tokens (a token from any unchanged one) the pixels are the decoded edit
+    changed = (kept.edited_tokens != kept.source_tokens).float()[None, None]
+    core = (-torch.nn.functional.max_pool2d(-changed, 3, stride=1, padding=1))[0, 0].bool()
+    assert core.any()
+    core_px = torch.nn.functional.interpolate(core.float()[None, None], size=photo.size[::-1])[0, 0].bool().numpy()
+    core_px &= np.pad(np.ones((photo.size[1] - 4, photo.size[0] - 4), bool), 2)    # resampling at the borders
+    diff = np.abs(np.asarray(kept.image, np.int16) - np.asarray(plain.image, np.int16))[core_px]
+    assert diff.max() <= 1
+    assert kept.l1_to_source < plain.l1_to_source
+
+
 def test_result_fields(pipe, photo):
     r = pipe.edit(photo, "make the disk blue", seed=1, hold_lambda=0.3, **FAST)
     h, w = r.source_tokens.shape
@@ -198,8 +234,13 @@ def test_cli_edit_json(tiny_checkpoint, photo, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
-    assert summary["seed"] == 3 and summary["lambda"] == 0.3
+    assert summary["seed"] == 3 and summary["lambda"] == 0.3 and summary["keep_unchanged_pixels"] is False
     assert Image.open(out).size == photo.size
+    kept = tmp_path / "kept.png"                       # lambda 1 changes no token: the photo itself
+    proc = subprocess.run(cmd[:cmd.index("--out") + 1] + [str(kept), "--lambda", "1", "--keep-unchanged-pixels"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert np.array_equal(np.asarray(Image.open(kept).convert("RGB")), np.asarray(photo))
     bad = subprocess.run(cmd[:-1] + ["--lambda", "2"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "lambda" in bad.stderr
 
