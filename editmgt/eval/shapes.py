@@ -274,6 +274,9 @@ class EvalSettings:
     # recipe grounds; "naming" adds the new colour or kind) or "all"; an instruction without
     # such words falls back to all rows
     hold_rows: str = "locating"
+    # the pipeline's keep_unchanged_pixels: the source's own pixels wherever no token changed,
+    # instead of their VQ round trip (a product option, not the paper's method)
+    keep_unchanged_pixels: bool = False
 
     def __post_init__(self) -> None:
         if self.hold_rows not in HOLD_ROWS:
@@ -321,7 +324,8 @@ def evaluate(model_dir: str | Path, n: int = 300, seed: int = 0,
                           guidance=settings.guidance, gamma=settings.gamma, keyword=hold_words,
                           smoothing=settings.smoothing, smoothing_strength=settings.smoothing_strength,
                           negative_prompt=settings.negative_prompt, seed=seed * 1_000_003 + i,
-                          size=size, sample_temperature=settings.sample_temperature)
+                          size=size, sample_temperature=settings.sample_temperature,
+                          keep_unchanged_pixels=settings.keep_unchanged_pixels)
         recon = pipe.vq.decode(outs[0].source_tokens[None])[0]
         recon = (recon.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
         images = [np.asarray(o.image.convert("RGB")) for o in outs]
@@ -510,6 +514,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--hold-rows", choices=HOLD_ROWS, default=defaults.hold_rows,
                         help="text rows region-hold reads: the words that find the edit "
                              "(locating), every word naming it (naming), or all")
+    parser.add_argument("--keep-unchanged-pixels", action="store_true",
+                        help="keep the source's own pixels wherever no token changed (the pipeline "
+                             "option; the paper's method decodes every pixel)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--split", choices=data.SPLITS, default="eval",
                         help="eval: held-out scenes and phrasings (the report); train: training "
@@ -519,7 +526,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = EvalSettings(steps=args.steps, guidance=args.guidance, gamma=args.gamma,
-                            hold_rows=args.hold_rows, sample_temperature=args.sample_temperature)
+                            hold_rows=args.hold_rows, sample_temperature=args.sample_temperature,
+                            keep_unchanged_pixels=args.keep_unchanged_pixels)
     result = evaluate(args.model, args.n, args.seed, settings, save_examples=args.out / "examples",
                       split=args.split)
     args.out.mkdir(parents=True, exist_ok=True)
