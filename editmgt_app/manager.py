@@ -223,7 +223,8 @@ class ModelManager:
             defaults={"steps": d.steps, "guidance": d.guidance, "gamma": d.gamma, "lambda": d.hold_lambda,
                       "hold_blocks": list(d.hold_blocks) if d.hold_blocks else None, "smoothing": d.smoothing,
                       "smoothing_strength": d.smoothing_strength, "resolution": d.resolution,
-                      "sample_temperature": d.sample_temperature},
+                      "sample_temperature": d.sample_temperature,
+                      "keep_unchanged_pixels": d.keep_unchanged_pixels},
             description=entry.description,
             source=(f"{resolved.location}@{resolved.revision}" if resolved.revision else str(resolved.location))
             + (f" (via {resolved.via})" if resolved.via != "checkpoints.yaml" else ""),

@@ -80,9 +80,12 @@ class EditService:
         return self.manager.zoo[model]
 
     def _settings(self, entry, steps, guidance, gamma, hold_lambda, smoothing, smoothing_strength, seed,
-                  sample_temperature=None) -> dict:
+                  sample_temperature=None, keep_unchanged_pixels=None) -> dict:
         d = entry.defaults
         smoothing = d.smoothing if smoothing in (None, "") else smoothing
+        keep = d.keep_unchanged_pixels if keep_unchanged_pixels is None else keep_unchanged_pixels
+        if not isinstance(keep, bool):
+            raise InputError(f"keep_unchanged_pixels must be true or false, got {keep!r}")
         if smoothing not in SMOOTHING_CHOICES:
             raise InputError(f"smoothing must be one of {list(SMOOTHING_CHOICES)}, got {smoothing!r}")
         return dict(
@@ -97,6 +100,7 @@ class EditService:
             sample_temperature=check_number(
                 "sample temperature", d.sample_temperature if sample_temperature is None else sample_temperature,
                 MIN_SAMPLE_TEMPERATURE, 5.0),
+            keep_unchanged_pixels=keep,
             seed=random.SystemRandom().randrange(MAX_SEED) if seed is None or seed == -1
             else check_number("seed", seed, 0, MAX_SEED, integer=True),
         )
@@ -137,7 +141,8 @@ class EditService:
         kwargs = dict(steps=settings["steps"], guidance=settings["guidance"], gamma=settings["gamma"],
                       hold_blocks=hold_blocks, keyword=keyword, smoothing=settings["smoothing"],
                       smoothing_strength=settings["smoothing_strength"], seed=settings["seed"], mask=mask,
-                      sample_temperature=settings["sample_temperature"])
+                      sample_temperature=settings["sample_temperature"],
+                      keep_unchanged_pixels=settings["keep_unchanged_pixels"])
         if negative_prompt:
             kwargs["negative_prompt"] = negative_prompt
         def callback(trace):
@@ -182,6 +187,7 @@ class EditService:
             "gamma": settings["gamma"],
             "smoothing": settings["smoothing"],
             "sample_temperature": settings["sample_temperature"],
+            "keep_unchanged_pixels": settings["keep_unchanged_pixels"],
             "seconds": round(seconds, 3),
             "steps_per_second": round(result.steps / seconds, 2) if seconds > 0 else None,
             "peak_memory_mb": round(peak, 1),
@@ -213,14 +219,14 @@ class EditService:
              smoothing_strength=None, negative_prompt=None, seed=None, mask: Any = None,
              mask_fn: Optional[Callable[[tuple[int, int]], Optional[Image.Image]]] = None,
              load_8bit: bool = False, sweep: Optional[Sequence[float]] = None,
-             sample_temperature=None, progress: Progress = None) -> EditOutput:
+             sample_temperature=None, keep_unchanged_pixels=None, progress: Progress = None) -> EditOutput:
         """Edit `image`; with `sweep` (a lambda grid) also run the grid in the same batch and
         draw the L1-vs-lambda curve. `mask_fn(image_size)` builds the mask once the image is read."""
         entry = self.entry(model)
         upload = load_upload(image, max_pixels=self.max_pixels)
         instruction = check_instruction(instruction)
         settings = self._settings(entry, steps, guidance, gamma, hold_lambda, smoothing, smoothing_strength, seed,
-                                  sample_temperature)
+                                  sample_temperature, keep_unchanged_pixels)
         keyword = parse_keywords(keyword)
         if keyword is None and entry.defaults.keywords:              # the model's own keyword set
             keyword = KEYWORD_SETS[entry.defaults.keywords](instruction) or None

@@ -113,29 +113,33 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
                  hold_last: Optional[float] = None, keyword: Optional[str] = None, smoothing: Optional[str] = None,
                  smoothing_strength: Optional[float] = None, negative_prompt: Optional[str] = None,
                  seed: Optional[float] = None, mask: Optional[str] = None, load_8bit: bool = False,
-                 sample_temperature: Optional[float] = None, progress=gr.Progress()):
+                 sample_temperature: Optional[float] = None, keep_unchanged_pixels: Optional[bool] = None,
+                 progress=gr.Progress()):
         """Edit a photo. Only image, instruction and model are needed; every other value
-        defaults to the model's recommendation (see /models). Returns the edited image (PNG),
-        the attention heat-map and JSON info (l1_to_source, seconds, seed, changed_fraction...)."""
+        defaults to the model's recommendation (see /models). keep_unchanged_pixels: true keeps
+        the photo's own pixels wherever no token changed. Returns the edited image (PNG), the
+        attention heat-map and JSON info (l1_to_source, seconds, seed, changed_fraction...)."""
         out = service.edit(
             image, instruction, model, steps=steps, guidance=guidance, gamma=gamma, hold_lambda=hold_lambda,
             hold_first=hold_first, hold_last=hold_last, keyword=_opt(keyword), smoothing=_opt(smoothing),
             smoothing_strength=smoothing_strength, negative_prompt=_opt(negative_prompt), seed=seed,
             mask=mask or None, load_8bit=bool(load_8bit), sample_temperature=sample_temperature,
-            progress=_progress_fn(progress))
+            keep_unchanged_pixels=keep_unchanged_pixels, progress=_progress_fn(progress))
         return out.edited, out.heatmap, out.info
 
     @user_errors
     def api_sweep(image: str, instruction: str, model: str, lambdas: Optional[Any] = None,
                   steps: Optional[float] = None, guidance: Optional[float] = None, gamma: Optional[float] = None,
                   keyword: Optional[str] = None, seed: Optional[float] = None, load_8bit: bool = False,
-                  sample_temperature: Optional[float] = None, progress=gr.Progress()):
+                  sample_temperature: Optional[float] = None, keep_unchanged_pixels: Optional[bool] = None,
+                  progress=gr.Progress()):
         """Edit once per lambda (one batch where memory allows, one seed). Returns JSON rows
         {lambda, l1_to_source, l1_to_reconstruction, changed_fraction, seed}, the images and
         the L1-vs-lambda plot."""
         out = service.sweep(image, instruction, model, lambdas, steps=steps, guidance=guidance, gamma=gamma,
                             keyword=_opt(keyword), seed=seed, load_8bit=bool(load_8bit),
-                            sample_temperature=sample_temperature, progress=_progress_fn(progress))
+                            sample_temperature=sample_temperature, keep_unchanged_pixels=keep_unchanged_pixels,
+                            progress=_progress_fn(progress))
         return out.rows, out.sweep_images, out.curve
 
     @user_errors
@@ -166,7 +170,8 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
         return (gr.update(value=d.steps), gr.update(value=d.guidance), gr.update(value=d.gamma),
                 gr.update(value=d.hold_lambda), gr.update(value=first), gr.update(value=last),
                 gr.update(value=d.smoothing), gr.update(value=d.smoothing_strength),
-                gr.update(value=d.sample_temperature), status_markdown(model_id))
+                gr.update(value=d.sample_temperature), gr.update(value=d.keep_unchanged_pixels),
+                status_markdown(model_id))
 
     def on_image_change(path: Optional[str]):
         if not path:
@@ -176,7 +181,7 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
     @user_errors
     def ui_edit(image, instruction, model, load_8bit, mask_value, steps, guidance, gamma, hold_lambda,
                 hold_first, hold_last, keyword, smoothing, smoothing_strength, negative_prompt, seed, randomize,
-                run_sweep, grid, sample_temperature, progress=gr.Progress()):
+                run_sweep, grid, sample_temperature, keep_pixels, progress=gr.Progress()):
         sweep = parse_lambdas(grid) if run_sweep else None
         out = service.edit(
             image, instruction, model, steps=steps, guidance=guidance, gamma=gamma, hold_lambda=hold_lambda,
@@ -185,7 +190,7 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
             smoothing_strength=smoothing_strength, negative_prompt=_opt(negative_prompt),
             seed=None if randomize else seed, mask_fn=lambda size: mask_from_editor(mask_value, size),
             load_8bit=bool(load_8bit), sweep=sweep, sample_temperature=sample_temperature,
-            progress=_progress_fn(progress))
+            keep_unchanged_pixels=bool(keep_pixels), progress=_progress_fn(progress))
         return ((out.source, out.edited), out.heatmap, out.curve, out.sweep_images or None, out.info,
                 out.info["seed"], status_markdown(model))
 
@@ -232,6 +237,10 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
                                 label="Sampling temperature (1 = the released sampler; lower draws tokens more greedily)")
                             hold_lambda = gr.Slider(0.0, 1.0, value=d0.hold_lambda, step=0.01,
                                                     label="Lambda (region-hold threshold; 0 = off)")
+                            keep_pixels = gr.Checkbox(
+                                value=d0.keep_unchanged_pixels, elem_id="keep-pixels",
+                                label="Keep the photo's own pixels where no token changed",
+                                info="off: every pixel is redrawn through the VQ, as in the paper")
                             with gr.Row():
                                 # text boxes: a blank gr.Number shows and sends 0 (block 0), not "default"
                                 first0, last0 = _block_texts(d0.hold_blocks)
@@ -297,13 +306,14 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
 
         # Page events (private: the browser calls them, API clients use the endpoints below).
         model.change(on_model_change, model, [steps, guidance, gamma, hold_lambda, hold_first, hold_last,
-                                              smoothing, smoothing_strength, sample_temperature, status],
+                                              smoothing, smoothing_strength, sample_temperature, keep_pixels,
+                                              status],
                      api_visibility="private")
         image.change(on_image_change, image, mask, api_visibility="private")
         gr.on([run.click, instruction.submit], ui_edit,
               [image, instruction, model, use_8bit, mask, steps, guidance, gamma, hold_lambda, hold_first,
                hold_last, keyword, smoothing, smoothing_strength, negative_prompt, seed, randomize, run_sweep,
-               grid, sample_temperature],
+               grid, sample_temperature, keep_pixels],
               [slider, heat, curve, gallery, info, seed, status], api_visibility="private", **GPU)
         t2i_run.click(ui_generate, [prompt, t2i_model, t2i_steps, t2i_guidance, t2i_seed, t2i_random, t2i_8bit],
                       [t2i_image, t2i_info, t2i_seed, status], api_visibility="private", **GPU)
@@ -331,6 +341,7 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
             a_8bit = gr.Checkbox(value=False, label="load_8bit")
             a_lambdas = gr.JSON(value=None, label="lambdas")
             a_temperature = gr.Number(value=None, label="sample_temperature")
+            a_keep = gr.JSON(value=None, label="keep_unchanged_pixels")  # true / false / null: the model's
             a_prompt = gr.Textbox(label="prompt")
             a_t2i_model = gr.Dropdown(choices=zoo.ids, value=t2i_default, label="model",
                                       allow_custom_value=True)
@@ -345,10 +356,10 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
             trigger = gr.Button(visible=False)
         trigger.click(api_edit, [a_image, a_instruction, a_model, a_steps, a_guidance, a_gamma, a_lambda, a_first,
                                  a_last, a_keyword, a_smoothing, a_strength, a_negative, a_seed, a_mask, a_8bit,
-                                 a_temperature],
+                                 a_temperature, a_keep],
                       [o_edited, o_heat, o_info], api_name="edit", **GPU)
         trigger.click(api_sweep, [a_image, a_instruction, a_model, a_lambdas, a_steps, a_guidance, a_gamma,
-                                  a_keyword, a_seed, a_8bit, a_temperature],
+                                  a_keyword, a_seed, a_8bit, a_temperature, a_keep],
                       [o_rows, o_gallery, o_curve], api_name="sweep", **GPU)
         trigger.click(api_generate, [a_prompt, a_t2i_model, a_steps, a_guidance, a_seed, a_8bit],
                       [o_generated, o_info], api_name="generate", **GPU)

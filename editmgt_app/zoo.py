@@ -39,6 +39,7 @@ DEFAULT_KEYS = {
     "resolution": int,
     "keywords": str,
     "sample_temperature": float,
+    "keep_unchanged_pixels": bool,
 }
 ENTRY_KEYS = {"id", "label", "stage", "task", "masked_edit", "source", "components", "defaults",
               "license", "size_gb", "description"}
@@ -73,6 +74,8 @@ class Defaults:
     keywords: Optional[str] = None
     # the sampler draws tokens from softmax(logits / t); 1 is the released sampler
     sample_temperature: float = 1.0
+    # the photo's own pixels wherever no token changed, instead of their VQ round trip
+    keep_unchanged_pixels: bool = False
 
 
 @dataclass(frozen=True)
@@ -389,6 +392,7 @@ def _parse_defaults(raw: Any, where: str) -> Defaults:
         resolution=values.get("resolution", base.resolution),
         keywords=values.get("keywords"),
         sample_temperature=float(values.get("sample_temperature", base.sample_temperature)),
+        keep_unchanged_pixels=values.get("keep_unchanged_pixels", base.keep_unchanged_pixels),
     )
 
 

@@ -51,6 +51,10 @@ def test_edit_in_the_browser(url, tmp_path):
             # blank hold-block boxes mean the model's default (a blank number box would send block 0)
             assert page.get_by_label("Hold blocks: first (blank = model default)").first.input_value() == ""
             assert page.get_by_label("Hold blocks: last").first.input_value() == ""
+            # the offline default (tiny-shapes) keeps the photo's own pixels where no token changed
+            keep = page.locator("#keep-pixels input[type=checkbox]")
+            assert keep.is_checked()
+            keep.uncheck()
             page.locator("#run-edit").click()
             _image_loaded(page, "#edit-output img")
             _image_loaded(page, "#heatmap img")
@@ -59,6 +63,8 @@ def test_edit_in_the_browser(url, tmp_path):
             page.wait_for_function("() => document.querySelector('#info').innerText.includes('l1_to_source')",
                                    timeout=30_000)
             assert page.locator("#edit-output img").count() >= 2  # before and after
+            info = page.locator("#info").inner_text()
+            assert "keep_unchanged_pixels" in info and "false" in info.split("keep_unchanged_pixels", 1)[1][:40]
             assert "ready" in page.locator("#status").inner_text()
             shot = tmp_path / "screenshot.png"
             page.screenshot(path=str(shot), full_page=True)

@@ -175,6 +175,19 @@ def test_sample_temperature_reaches_the_sampler(app):
     assert greedy[2]["l1_to_source"] != default[2]["l1_to_source"]
 
 
+def test_keep_unchanged_pixels_returns_the_upload_itself_where_nothing_changed(app):
+    """Lambda 1 changes no token: with keep_unchanged_pixels the edit is the uploaded photo, bit
+    for bit; by default (the tiny entry's: off) it is the VQ round trip."""
+    client, _ = app
+    photo = np.asarray(Image.open(EXAMPLE).convert("RGB"))
+    kept, _, info = edit(client, EXAMPLE, seed=4, hold_lambda=1.0, keep_unchanged_pixels=True)
+    assert info["keep_unchanged_pixels"] is True and info["l1_to_source"] == 0.0
+    assert np.array_equal(np.asarray(Image.open(kept).convert("RGB")), photo)
+    plain, _, info = edit(client, EXAMPLE, seed=4, hold_lambda=1.0)
+    assert info["keep_unchanged_pixels"] is False and info["l1_to_source"] > 0.0
+    assert not np.array_equal(np.asarray(Image.open(plain).convert("RGB")), photo)
+
+
 def test_sweep_returns_rows_images_and_curve(app):
     client, _ = app
     rows, gallery, curve = client.predict(handle_file(str(EXAMPLE)), "make the cup red", "tiny",
@@ -234,6 +247,7 @@ def test_8bit_edit_on_cpu(app):
     ("hold blocks", dict(hold_first=999), "hold blocks (first) must be an integer"),
     ("smoothing", dict(smoothing="blurry"), "smoothing must be one of"),
     ("sample temperature", dict(sample_temperature=0), "sample temperature must be a number in [0.01, 5.0]"),
+    ("keep pixels", dict(keep_unchanged_pixels="yes"), "keep_unchanged_pixels must be true or false, got 'yes'"),
     ("unknown model", dict(model="nope"), "unknown model 'nope'"),
     ("unavailable model", dict(model="editmgt-stage2"), "'editmgt-stage2' is unavailable"),
     ("failing checkpoint", dict(model="broken"), "'broken' failed to load"),

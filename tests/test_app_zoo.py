@@ -88,6 +88,8 @@ def _broken(mutate):
     (lambda r: _entry(r, "tiny")["defaults"].update(sample_temperature=0.0),
      r"defaults: field 'sample_temperature' must be in \[0.01, 10.0\]"),
     (lambda r: _entry(r, "tiny")["defaults"].update(lamda=0.2), r"defaults: unknown key\(s\) \['lamda'\]"),
+    (lambda r: _entry(r, "tiny")["defaults"].update(keep_unchanged_pixels="yes"),
+     r"defaults: field 'keep_unchanged_pixels' must be"),
     (lambda r: _entry(r, "tiny")["defaults"].update(keywords="verbs"),
      r"defaults: field 'keywords' must be one of naming, locating, got 'verbs'"),
     (lambda r: _entry(r, "tiny")["source"].update(repo="a/b"), r"only one of repo, path, builtin"),
