@@ -103,6 +103,8 @@ def test_app_defaults_are_the_eval_settings():
     assert (defaults.smoothing, defaults.smoothing_strength) == (EvalSettings.smoothing,
                                                                  EvalSettings.smoothing_strength)
     assert defaults.sample_temperature == EvalSettings.sample_temperature
+    assert defaults.hold_lambda in EvalSettings.lambdas          # a lambda the report has a row for
+    assert defaults.keep_unchanged_pixels                        # measured with --keep-unchanged-pixels
 
 
 def test_app_reads_the_locating_words_when_the_keyword_box_is_blank():
@@ -194,6 +196,23 @@ def test_region_hold_keeps_the_outside(pipe):
     assert outside_l1(out, triple.source, triple.mask) <= floor + 0.01
 
 
+def test_kept_pixels_beat_the_vq_round_trip_outside_the_edit(pipe):
+    """Region-hold with the scene's own pixels kept where no token changed: outside the
+    recoloured circle the edit is closer to the source than the VQ round trip itself, the
+    untouched blue square is the source's pixels exactly, and the circle still turns green."""
+    triple = fixed_colour_edit()
+    keywords = data.KEYWORD_SETS[EvalSettings.hold_rows](triple.instruction)
+    result, out = edit(pipe, triple, hold_lambda=HOLD_LAMBDA, keyword=keywords, keep_unchanged_pixels=True)
+    plain, plain_out = edit(pipe, triple, hold_lambda=HOLD_LAMBDA, keyword=keywords)
+    assert torch.equal(result.edited_tokens, plain.edited_tokens)
+    assert check_edit(out, triple)
+    recon = vq_round_trip(pipe, result)
+    assert outside_l1(out, triple.source, triple.mask) < 0.5 * outside_l1(recon, triple.source, triple.mask)
+    pixels = data.shape_mask("square", 0)
+    assert np.array_equal(out[pixels], triple.source[pixels])
+    assert not np.array_equal(plain_out[pixels], triple.source[pixels])
+
+
 def test_edit_runs_and_reports(pipe):
     triple = fixed_colour_edit()
     results = pipe.sweep(triple.source, triple.instruction, [0.0, 1.0], steps=4, guidance=GUIDANCE,
@@ -265,6 +284,23 @@ def test_attention_scores_read_the_rows_they_are_given(pipe):
     assert default.shape == words.shape == (16, 16)
     assert np.allclose(default, every, atol=1e-5)
     assert np.abs(words - default).max() > 0.05
+
+
+def test_eval_with_kept_pixels_leaks_less_and_edits_the_same_tokens(pipe):
+    """`--keep-unchanged-pixels` blends towards the source only, so no edit leaks more and
+    these leak less in all; the tokens, and so the changed fraction, are the same."""
+    from editmgt.eval.shapes import evaluate, format_table
+
+    runs = {keep: evaluate(CHECKPOINT, n=4, seed=3, pipe=pipe,
+                           settings=EvalSettings(steps=4, lambdas=(0.0, 0.5), keep_unchanged_pixels=keep))
+            for keep in (False, True)}
+    plain, kept = runs[False].records, runs[True].records
+    for a, b in zip(plain, kept):
+        assert a["changed"] == b["changed"]
+        assert all(y <= x + 1e-12 for x, y in zip(a["leakage"], b["leakage"]) if x == x)
+    assert runs[True].summary["leakage"][0] < runs[False].summary["leakage"][0]
+    assert "source's own" in format_table(runs[True].summary)
+    assert "source's own" not in format_table(runs[False].summary)
 
 
 def test_region_hold_reads_the_keywords_it_is_given(pipe):

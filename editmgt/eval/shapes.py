@@ -371,6 +371,7 @@ def evaluate(model_dir: str | Path, n: int = 300, seed: int = 0,
     result.summary = summarise(result.records, lambdas)
     result.summary["split"] = split
     result.summary["hold_rows"] = settings.hold_rows
+    result.summary["keep_unchanged_pixels"] = settings.keep_unchanged_pixels
     result.summary["seconds"] = round(time.time() - t0, 1)
     return result
 
@@ -436,6 +437,8 @@ def format_table(summary: dict) -> str:
     hold = summary.get("hold_rows", "all")
     rows = f"the {hold} words" if hold in data.KEYWORD_SETS else "all text rows"
     lines += ["", f"region-hold reads the paper range's map from {rows}"]
+    if summary.get("keep_unchanged_pixels"):
+        lines += ["", "pixels where no token changed are the source's own (--keep-unchanged-pixels)"]
     lines += ["", f"| lambda | success | others kept | clean edits | leakage (L1 outside region) "
               "| L1 to source | tokens changed |", "|---|---|---|---|---|---|---|"]
     for j, lam in enumerate(summary["lambdas"]):
