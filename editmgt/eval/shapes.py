@@ -11,6 +11,8 @@ prints one table:
 - leakage: mean L1 (pixels in [0, 1]) between the edit and the source outside the true
   target region, for every lambda of the grid (style edits have no outside and are left
   out); the VQ round-trip floor of the same pixels is printed beside it;
+  `--keep-unchanged-pixels` measures the pipeline with the source's own pixels kept wherever
+  no token changed, which can leak less than that floor;
 - localisation: IoU between the true target mask and the tokens whose consolidated
   attention score is >= lambda (the tokens region-hold lets change), for block ranges
   "paper" (the 28-36 analogue), "all", "double" and "single"; for the paper range read
