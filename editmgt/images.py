@@ -268,8 +268,10 @@ def changed_alpha(changed: torch.Tensor, scale: int, margin: int = 1) -> torch.T
         hard = torch.nn.functional.max_pool2d(hard, 2 * margin + 1, stride=1, padding=margin)
     hard = torch.nn.functional.interpolate(hard, scale_factor=scale, mode="nearest")
     feather = scale | 1                      # odd box of about one token: half a token each side
-    soft = torch.nn.functional.avg_pool2d(hard, feather, stride=1, padding=feather // 2,
-                                          count_include_pad=False)
+    soft = hard
+    for kernel in ((1, feather), (feather, 1)):  # separable: the same box mean, 2k not k^2 reads
+        soft = torch.nn.functional.avg_pool2d(soft, kernel, stride=1, padding=(kernel[0] // 2, kernel[1] // 2),
+                                              count_include_pad=False)
     return torch.maximum(soft, hard)[0, 0]
 
 
