@@ -185,12 +185,13 @@ def test_phrasing_success_of_a_model_that_misreads_one_phrasing():
     table = phrasing_success(edit, triples, "colour", seed=0)
     colour = [i for i, t in enumerate(triples) if t.kind == "colour"]
     templates = data.TEMPLATES["colour"]
-    assert list(table) == [*templates["train"], *templates["eval"]]
+    assert list(table) == [*templates["train"], *templates["eval"], *templates["val"]]
     assert {table[t]["split"] for t in templates["train"]} == {"train"}
-    misread = "change the color of the {obj} to {colour}"
+    assert {table[t]["split"] for t in templates["val"]} == {"val"}
     for template, row in table.items():
         assert row["n"] == len(colour)
-        assert (row["success"], row["grey"]) == ((0.0, 1.0) if template == misread else (1.0, 0.0))
+        misread = "the color of" in template       # "change the color of ..." and "set the color of ..."
+        assert (row["success"], row["grey"]) == ((0.0, 1.0) if misread else (1.0, 0.0))
     # every phrasing of triple i is sampled with triple i's seed, and says the same edit
     first = [(ins, seed) for ins, seed in calls if seed == colour[0]]
     assert len(first) == len(table) and len({ins for ins, _ in first}) == len(table)

@@ -33,6 +33,23 @@ def test_train_and_eval_are_disjoint():
     assert all(t.info["template"] in train_templates for t in train)
 
 
+def test_val_draws_training_scenes_with_phrasings_of_its_own_and_no_new_word():
+    val = [data.make_triple(0, i, "val") for i in range(70)]
+    train = [data.make_triple(0, i, "train") for i in range(70)]
+    assert all(data.scene_split(t.source_scene) == "train" for t in val)
+    assert [t.instruction for t in val] != [t.instruction for t in train]       # a stream of its own
+    for kind, per in data.TEMPLATES.items():
+        assert per["val"] and not set(per["val"]) & (set(per["train"]) | set(per["eval"])), kind
+    assert {t.info["template"] for t in val} == {t for per in data.TEMPLATES.values() for t in per["val"]}
+    # val phrasings reuse words the train and eval phrasings already have: the tokenizer
+    # the recipe builds from data.vocabulary() is unchanged
+    other = {w for per in data.TEMPLATES.values() for split in ("train", "eval") for t in per[split]
+             for w in t.split()}
+    assert {w for per in data.TEMPLATES.values() for t in per["val"] for w in t.split()} <= other
+    with pytest.raises(ValueError, match="split must be one of"):
+        data.make_triple(0, 0, "test")
+
+
 def test_images_and_regions():
     for i in range(35):
         t = data.make_triple(1, i)
@@ -81,7 +98,7 @@ def test_redraw_with_the_same_shape_is_the_same_triple_and_another_shape_is_said
             assert other.kind in moved.instruction.split()
 
 
-@pytest.mark.parametrize("split", ["train", "eval"])
+@pytest.mark.parametrize("split", data.SPLITS)
 def test_pixel_checks_accept_targets_and_reject_sources(split):
     for i in range(70):
         t = data.make_triple(5, i, split)

@@ -16,6 +16,9 @@ always refers to exactly one shape. Edits mirror the paper's categories:
 Rendering is aliased (no anti-aliasing), so every pixel is a palette colour (gradients and
 the grey style aside) and the target image is an exact function of (source, instruction).
 Scenes are split by a stable hash into train and eval; eval also uses its own phrasings.
+A third split, val, draws training scenes said with phrasings of its own (made of words the
+other phrasings already use, so the vocabulary is unchanged): for choosing settings and recipe
+changes on unseen phrasings without looking at the held-out report.
 """
 
 from __future__ import annotations
@@ -59,47 +62,56 @@ POSITIONS: tuple[str, ...] = (
     "left", "center", "right",
     "bottom left", "bottom", "bottom right",
 )
-SPLITS = ("train", "eval")
+SPLITS = ("train", "eval", "val")
+SCENE_SPLIT = {"train": "train", "eval": "eval", "val": "train"}   # the scenes each split draws
+SPLIT_LABELS = {"train": "training-split", "eval": "held-out", "val": "validation"}  # in reports
 EVAL_SCENE_MODULUS = 8         # scenes whose hash % 8 == 0 are eval-only
 
 # Templates: {obj} = "red circle", {colour}, {kind} (new shape kind), {pos}, {bg}.
-# Eval phrasings are never used for training.
+# Eval and val phrasings are never used for training; val ones reuse the others' words only.
 TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
     "colour": {
         "train": ("make the {obj} {colour}", "change the {obj} to {colour}",
                   "turn the {obj} {colour}", "recolor the {obj} {colour}",
                   "color the {obj} {colour}"),
         "eval": ("paint the {obj} {colour}", "change the color of the {obj} to {colour}"),
+        "val": ("set the color of the {obj} to {colour}", "paint the {obj} in {colour}"),
     },
     "add": {
         "train": ("add a {colour} {kind} at the {pos}", "put a {colour} {kind} at the {pos}",
                   "draw a {colour} {kind} at the {pos}", "place a {colour} {kind} at the {pos}"),
         "eval": ("insert a {colour} {kind} at the {pos}", "add a {colour} {kind} in the {pos}"),
+        "val": ("put a {colour} {kind} in the {pos}", "give it a {colour} {kind} at the {pos}"),
     },
     "remove": {
         "train": ("remove the {obj}", "delete the {obj}", "erase the {obj}",
                   "take away the {obj}"),
         "eval": ("get rid of the {obj}", "remove the {obj} from the picture"),
+        "val": ("take the {obj} away", "erase the {obj} from the image"),
     },
     "replace": {
         "train": ("turn the {obj} into a {kind}", "replace the {obj} with a {kind}",
                   "change the {obj} into a {kind}", "make the {obj} a {kind}"),
         "eval": ("swap the {obj} for a {kind}", "transform the {obj} into a {kind}"),
+        "val": ("swap the {obj} with a {kind}", "change the {obj} to a {kind}"),
     },
     "background": {
         "train": ("make the background {bg}", "change the background to {bg}",
                   "turn the background {bg}", "use a {bg} background"),
         "eval": ("set the background to {bg}", "give it a {bg} background"),
+        "val": ("change the background into {bg}", "put a {bg} background"),
     },
     "move": {
         "train": ("move the {obj} to the {pos}", "shift the {obj} to the {pos}",
                   "put the {obj} at the {pos}", "place the {obj} at the {pos}"),
         "eval": ("slide the {obj} to the {pos}", "move the {obj} over to the {pos}"),
+        "val": ("slide the {obj} over to the {pos}", "move the {obj} into the {pos}"),
     },
     "style": {
         "train": ("make it black and white", "make the image grayscale",
                   "convert the picture to grayscale", "remove all the color"),
         "eval": ("turn the image black and white", "make the picture grayscale"),
+        "val": ("convert the image to grayscale", "make the picture black and white"),
     },
 }
 # How a background style is said in an instruction.
@@ -348,7 +360,8 @@ def make_triple(seed: int, index: int, split: str = "train", kind: Optional[str]
                 size: int = IMAGE_SIZE, shared_names: float = 0.0) -> EditTriple:
     """The `index`-th triple of a seeded stream; the same arguments give the same triple.
 
-    split: 'train' or 'eval' (scenes and phrasings of the two never overlap).
+    split: 'train', 'eval' (scenes and phrasings never overlap with train's) or 'val'
+    (training scenes, phrasings of its own).
     kind: force an edit kind; by default edit kinds cycle with the index so that every
     block of 7 consecutive indices covers each kind once.
     shared_names: chance that a scene's shapes share colours or kinds (`_random_scene`);
@@ -362,7 +375,7 @@ def make_triple(seed: int, index: int, split: str = "train", kind: Optional[str]
     rng = np.random.default_rng([seed, index, SPLITS.index(split)])
     for _ in range(1000):
         scene = _random_scene(rng, shared_names=shared_names)
-        if scene_split(scene) != split:
+        if scene_split(scene) != SCENE_SPLIT[split]:
             continue
         edited = _edit(rng, scene, edit_kind)
         if edited is None:
@@ -416,7 +429,7 @@ def make_vq_image(seed: int, index: int, size: int = IMAGE_SIZE) -> np.ndarray:
 
 
 def vocabulary() -> list[str]:
-    """Every word any template (train or eval) can produce, sorted."""
+    """Every word any template (train, eval or val) can produce, sorted."""
     words: set[str] = set()
     fills = list(SHAPE_COLOURS) + list(SHAPE_KINDS) + list(BACKGROUND_WORDS.values())
     fills += [w for p in POSITIONS for w in p.split()]

@@ -300,7 +300,7 @@ def untouched_fates(edit: Edit, triples: Sequence[data.EditTriple], seed: int = 
 def phrasing_success(edit: Edit, triples: Sequence[data.EditTriple], kind: str,
                      seed: int = 0) -> dict[str, dict]:
     """Every edit of `kind` among `triples`, said with each template of the kind: per template,
-    {"split": "train" | "eval", "n", "success" (the edit's pixel check), "grey" (share of
+    {"split": "train" | "eval" | "val", "n", "success" (the edit's pixel check), "grey" (share of
     outputs whose shapes are grey, `greyed`)}. Triple i is sampled with the eval's seed for
     index i whatever the phrasing, so phrasings differ in their words only."""
     chosen = [(i, t) for i, t in enumerate(triples) if t.kind == kind]
@@ -330,13 +330,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--n-fates", type=int, default=140,
                         help="triples sampled for the untouched shapes' fates (0: skip that table)")
     parser.add_argument("--split", choices=data.SPLITS, default="eval",
-                        help="triples of the held-out scenes and phrasings (eval) or of the training ones")
+                        help="triples of the held-out scenes and phrasings (eval), of the training ones "
+                             "(train), or training scenes said with the val phrasings (val)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from editmgt.pipeline import EditMGTPipeline
 
     pipe = EditMGTPipeline.from_pretrained(args.model)
-    which = "held-out" if args.split == "eval" else "training-split"
+    which = data.SPLIT_LABELS[args.split]
     scene = data.Scene("white", (data.Shape("circle", "red", 4), data.Shape("square", "blue", 0)))
     instruction = "remove the red circle"
     print(f"text stream, word rows of {instruction!r}:")

@@ -305,7 +305,8 @@ def evaluate(model_dir: str | Path, n: int = 300, seed: int = 0,
     """Edit `n` held-out triples at every lambda and measure them (see module doc).
 
     split="train" measures training scenes with training phrasings instead (for choosing
-    sampler settings without looking at the held-out set)."""
+    sampler settings without looking at the held-out set); split="val" training scenes said
+    with the val phrasings (for choosing changes meant to read unseen phrasings)."""
     from editmgt.pipeline import EditMGTPipeline
 
     settings = settings or EvalSettings()
@@ -424,7 +425,7 @@ def summarise(records: list[dict], lambdas: Sequence[float]) -> dict:
 
 def format_table(summary: dict) -> str:
     """The printed report (plain text, markdown-friendly)."""
-    what = "held-out" if summary.get("split", "eval") == "eval" else "training-split"
+    what = data.SPLIT_LABELS[summary.get("split", "eval")]
     lines = [f"n = {summary['n']} {what} triples", "", "| edit kind | n | success (lambda 0) |",
              "|---|---|---|"]
     for k, v in summary["success_by_kind"].items():
@@ -525,7 +526,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--split", choices=data.SPLITS, default="eval",
                         help="eval: held-out scenes and phrasings (the report); train: training "
-                             "scenes and phrasings (for choosing settings)")
+                             "scenes and phrasings (for choosing settings); val: training scenes "
+                             "said with phrasings neither of the others uses (for choosing changes "
+                             "that should read unseen phrasings)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
