@@ -213,6 +213,27 @@ def test_kept_pixels_beat_the_vq_round_trip_outside_the_edit(pipe):
     assert not np.array_equal(plain_out[pixels], triple.source[pixels])
 
 
+def test_perfect_edit_is_the_target_through_the_vq(pipe):
+    """The eval's perfect edit: the true target's tokens decoded, so the circle is green and
+    the outside is only as far from the source as the VQ's drawing of it; with pixels kept,
+    the untouched square is the source's own pixels and the outside leaks less."""
+    from editmgt.eval.shapes import perfect_edit
+
+    triple = fixed_colour_edit()
+    source_tokens = pipe.vq.encode(torch.from_numpy(triple.source).permute(2, 0, 1)[None].float() / 255)[0]
+    plain = perfect_edit(pipe, triple, source_tokens, keep_unchanged_pixels=False)
+    kept = perfect_edit(pipe, triple, source_tokens, keep_unchanged_pixels=True)
+    for image in (plain, kept):
+        assert check_edit(image, triple) and has_shape(image, triple.source_scene.shapes[1])
+    recon = (pipe.vq.decode(source_tokens[None])[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    floor = outside_l1(recon, triple.source, triple.mask)
+    assert abs(outside_l1(plain, triple.source, triple.mask) - floor) < 0.25 * floor
+    assert outside_l1(kept, triple.source, triple.mask) < 0.5 * floor
+    square = data.shape_mask("square", 0)
+    assert np.array_equal(kept[square], triple.source[square])
+    assert not np.array_equal(plain[square], triple.source[square])
+
+
 def test_edit_runs_and_reports(pipe):
     triple = fixed_colour_edit()
     results = pipe.sweep(triple.source, triple.instruction, [0.0, 1.0], steps=4, guidance=GUIDANCE,
@@ -299,6 +320,10 @@ def test_eval_with_kept_pixels_leaks_less_and_edits_the_same_tokens(pipe):
         assert a["changed"] == b["changed"]
         assert all(y <= x + 1e-12 for x, y in zip(a["leakage"], b["leakage"]) if x == x)
     assert runs[True].summary["leakage"][0] < runs[False].summary["leakage"][0]
+    for a, b in zip(plain, kept):                       # the perfect edit is blended the same way
+        assert b["perfect"] <= a["perfect"] + 1e-12
+    assert runs[True].summary["leakage_perfect"] < runs[False].summary["leakage_perfect"]
+    assert "| perfect edit (the target's own tokens) |" in format_table(runs[True].summary)
     assert "source's own" in format_table(runs[True].summary)
     assert "source's own" not in format_table(runs[False].summary)
 

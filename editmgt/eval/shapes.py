@@ -10,7 +10,9 @@ prints one table:
   and per held-out phrasing (two per kind), where runs of one recipe differ most;
 - leakage: mean L1 (pixels in [0, 1]) between the edit and the source outside the true
   target region, for every lambda of the grid (style edits have no outside and are left
-  out); the VQ round-trip floor of the same pixels is printed beside it;
+  out); the VQ round-trip floor of the same pixels is printed beside it, and the leakage of
+  a perfect edit: the true target's own tokens, decoded (and blended like the pipeline's
+  output when pixels are kept), the least any model can leak through this VQ;
   `--keep-unchanged-pixels` measures the pipeline with the source's own pixels kept wherever
   no token changed, which can leak less than that floor;
 - localisation: IoU between the true target mask and the tokens whose consolidated
@@ -50,6 +52,7 @@ import torch
 from PIL import Image
 
 from editmgt.data import shapes as data
+from editmgt.images import changed_alpha, keep_unchanged, to_tensor
 from editmgt.train.objective import ObjectiveConfig
 
 logger = logging.getLogger(__name__)
@@ -294,6 +297,26 @@ class EvalResult:
     summary: dict = field(default_factory=dict)
 
 
+def _to_uint8(image: torch.Tensor) -> np.ndarray:
+    """(3, H, W) in [0, 1] -> (H, W, 3) uint8, rounded as the pipeline rounds."""
+    return (image.clamp(0, 1).permute(1, 2, 0).float().cpu().numpy() * 255).round().astype(np.uint8)
+
+
+def perfect_edit(pipe, triple: data.EditTriple, source_tokens: torch.Tensor,
+                 keep_unchanged_pixels: bool) -> np.ndarray:
+    """(H, W, 3) uint8: what a model that predicts the true target's tokens exactly returns.
+
+    The target is encoded by the pipeline's VQ and decoded; with `keep_unchanged_pixels` the
+    source's own pixels are kept where its tokens equal `source_tokens` (h, w), by the
+    pipeline's own blend (`images.changed_alpha`, `images.keep_unchanged`)."""
+    target_tokens = pipe.vq.encode(to_tensor(Image.fromarray(triple.target)))[0]     # (h, w)
+    decoded = _to_uint8(pipe.vq.decode(target_tokens[None])[0])
+    if not keep_unchanged_pixels:
+        return decoded
+    alpha = changed_alpha(target_tokens.cpu() != source_tokens.cpu(), pipe.vq.scale_factor)
+    return np.asarray(keep_unchanged(Image.fromarray(decoded), Image.fromarray(triple.source), alpha))
+
+
 def keyword_row(name: str) -> str:
     """The IoU row of keyword set `name`: the paper range's map from those words' rows."""
     return f"paper, {name} words"
@@ -329,8 +352,8 @@ def evaluate(model_dir: str | Path, n: int = 300, seed: int = 0,
                           negative_prompt=settings.negative_prompt, seed=seed * 1_000_003 + i,
                           size=size, sample_temperature=settings.sample_temperature,
                           keep_unchanged_pixels=settings.keep_unchanged_pixels)
-        recon = pipe.vq.decode(outs[0].source_tokens[None])[0]
-        recon = (recon.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+        recon = _to_uint8(pipe.vq.decode(outs[0].source_tokens[None])[0])
+        perfect = perfect_edit(pipe, tr, outs[0].source_tokens, settings.keep_unchanged_pixels)
         images = [np.asarray(o.image.convert("RGB")) for o in outs]
         scores = attention_scores(pipe, outs[0].edited_tokens, outs[0].source_tokens, tr.instruction,
                                   ranges, settings.gamma, settings.smoothing,
@@ -362,6 +385,7 @@ def evaluate(model_dir: str | Path, n: int = 300, seed: int = 0,
             "leakage": [outside_l1(img, tr.source, tr.mask) for img in images],
             "l1": [float(np.abs(img.astype(np.float64) - tr.source).mean() / 255.0) for img in images],
             "floor": outside_l1(recon, tr.source, tr.mask),
+            "perfect": outside_l1(perfect, tr.source, tr.mask),
             "changed": [o.changed_fraction for o in outs],
             "iou": ious,
         })
@@ -403,6 +427,8 @@ def summarise(records: list[dict], lambdas: Sequence[float]) -> dict:
     s["l1"] = [_mean([r["l1"][j] for r in records]) for j in range(len(lambdas))]
     s["changed"] = [_mean([r["changed"][j] for r in records]) for j in range(len(lambdas))]
     s["leakage_floor"] = _mean([r["floor"] for r in records])
+    # records written before the perfect edit was measured have none
+    s["leakage_perfect"] = _mean([r.get("perfect", float("nan")) for r in records])
     with_others = [r for r in records if r["kept"][0] is not None]
     s["n_kept"] = len(with_others)
     s["kept"] = [_mean([r["kept"][j] for r in with_others]) for j in range(len(lambdas))]
@@ -449,6 +475,9 @@ def format_table(summary: dict) -> str:
                      f"| {100 * summary['clean'][j]:.1f} % | {summary['leakage'][j]:.4f} | {summary['l1'][j]:.4f} "
                      f"| {100 * summary['changed'][j]:.1f} % |")
     lines.append(f"| VQ floor | | | | {summary['leakage_floor']:.4f} | | |")
+    perfect = summary.get("leakage_perfect", float("nan"))
+    if perfect == perfect:
+        lines.append(f"| perfect edit (the target's own tokens) | | | | {perfect:.4f} | | |")
     kept_kinds = summary["kept_by_kind"]
     lines += ["", f"others kept: {summary['n_kept']} edits whose scene has shapes the instruction does not "
               "touch; at lambda 0 by kind: "
@@ -480,6 +509,9 @@ def plot_curve(summary: dict, path: Path) -> None:
     ax.plot(lam, summary["l1"], "o-", label="L1 to source (all pixels)")
     ax.plot(lam, summary["leakage"], "s-", label="leakage (outside target)")
     ax.axhline(summary["leakage_floor"], color="gray", ls=":", label="VQ round-trip floor")
+    perfect = summary.get("leakage_perfect", float("nan"))
+    if perfect == perfect:
+        ax.axhline(perfect, color="tab:purple", ls="--", lw=1, label="perfect edit's leakage")
     ax.set_xlabel("lambda (region-hold threshold)")
     ax.set_ylabel("mean L1 (pixels in [0, 1])")
     ax2 = ax.twinx()
