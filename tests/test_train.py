@@ -385,8 +385,13 @@ def test_shapes_command_line_overrides_the_recipe():
             recipe_from_args(parse(["--out", "x", "--kind-repeats", bad]))
     with pytest.raises(ValueError, match="kind_repeats"):
         ShapesRecipe(kind_repeats={"move": 0})
+    wide = recipe_from_args(parse(["--out", "x", "--vq-codes", "2560"]))
+    assert wide.vq == dataclasses.replace(default.vq, num_vq_embeddings=2560)
+    with pytest.raises(ValueError, match="--vq-codes"):
+        recipe_from_args(parse(["--out", "x", "--vq-codes", "1"]))
     assert ShapesRecipe().grounding_rows == "locating"
     assert ShapesRecipe().objective.grounding_weight > 0       # the override did not leak into the defaults
+    assert ShapesRecipe().vq.num_vq_embeddings == 512
     with pytest.raises(SystemExit):
         parse(["--out", "x", "--grounding-rows", "verbs"])
 

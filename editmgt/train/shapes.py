@@ -737,6 +737,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vq-codebook", choices=VQ_CODEBOOKS, default="pixels",
                         help="the VQ stage: ids fixed from the pixel patches (pixels, the default) or the "
                              "learnt codebook of the checkpoints before 2026-12-04 night (learnt)")
+    parser.add_argument("--vq-codes", type=int, default=None,
+                        help="the VQ's codebook size, and so the editor's output width (override; "
+                             f"the recipe's {VQConfig.num_vq_embeddings}; with --vq-codebook pixels, at least "
+                             "the training images' distinct patches gives every patch a code of its own)")
     parser.add_argument("--reuse-vq", type=Path, default=None,
                         help="vqvae/ folder written by an earlier run of this recipe (same seed): "
                              "skips fitting the VQ (about 6 minutes)")
@@ -751,7 +755,7 @@ def recipe_from_args(args: argparse.Namespace) -> ShapesRecipe:
                         steps=steps, reading_kinds=tuple(args.reading_kinds), reading_every=args.reading_every,
                         reading_from=args.reading_from, reading_until=args.reading_until,
                         kind_repeats=_kind_repeats(args.kind_repeats), phrasing_keeps=tuple(args.phrasing_keeps),
-                        vq_train=vq_schedule(args.vq_codebook), objective=_objective_with(args),
+                        vq=_vq_with(args), vq_train=vq_schedule(args.vq_codebook), objective=_objective_with(args),
                         optim=_optim_with(args))
 
 
@@ -764,6 +768,15 @@ def _kind_repeats(pairs: Sequence[str]) -> dict[str, int]:
             raise ValueError(f"--kind-repeats {pair!r}: use KIND=N, e.g. style=2")
         repeats[kind] = int(count)
     return repeats
+
+
+def _vq_with(args: argparse.Namespace) -> VQConfig:
+    vq = ShapesRecipe().vq
+    if args.vq_codes is None:
+        return vq
+    if args.vq_codes < 2:
+        raise ValueError(f"--vq-codes must be at least 2, got {args.vq_codes}")
+    return dataclasses.replace(vq, num_vq_embeddings=args.vq_codes)
 
 
 def _optim_with(args: argparse.Namespace) -> OptimConfig:
