@@ -93,6 +93,16 @@ def test_recipe_defaults_are_the_shipped_recipe():
     assert logged["objective"]["grounding_weight"] > 0 and logged["grounding_rows"] == "locating"
 
 
+def test_recipe_tokenizers_are_the_shipped_ones(tmp_path):
+    """The recipe learns its tokenizers' merges from the instruction corpus; a phrasing added
+    for evaluation must not change them, or the recipe stops reproducing the checkpoint."""
+    from editmgt.train.shapes import ShapesRecipe, write_text_towers
+
+    write_text_towers(tmp_path, ShapesRecipe())
+    for name in ("tokenizer/vocab.json", "tokenizer/merges.txt", "llm_encoder/tokenizer.json"):
+        assert (tmp_path / name).read_bytes() == (CHECKPOINT / name).read_bytes(), name
+
+
 def test_app_defaults_are_the_eval_settings():
     """The app samples tiny-shapes with the settings the measurement uses (guidance chosen
     on the training split, the trained sampler length), so the demo shows the measured model."""

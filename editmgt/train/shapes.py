@@ -188,13 +188,20 @@ class ShapesRecipe:
 
 # ----------------------------------------------------------------------------- text towers
 
+# The template splits the tokenizers' merges are learnt from. The val phrasings are left out:
+# they add no word (data.TEMPLATES), so the tokenizers read them all the same, and leaving
+# them out keeps the word counts, and so the merges, the shipped checkpoint was trained with.
+TOKENIZER_SPLITS = ("train", "eval")
+
+
 def instruction_corpus() -> list[str]:
-    """Lines the tokenizers learn their merges from: every template word, fill and the
-    negative prompt (eval phrasings included: the tokenizer is vocabulary, not training)."""
+    """Lines the tokenizers learn their merges from: every word and fill, the negative
+    prompt and the TOKENIZER_SPLITS phrasings (eval phrasings included: the tokenizer is
+    vocabulary, not training)."""
     lines = [" ".join(data.vocabulary()), NEGATIVE_PROMPT]
     for per_kind in data.TEMPLATES.values():
-        for templates in per_kind.values():
-            lines.extend(t.replace("{", "").replace("}", "") for t in templates)
+        for split in TOKENIZER_SPLITS:
+            lines.extend(t.replace("{", "").replace("}", "") for t in per_kind[split])
     return lines
 
 
