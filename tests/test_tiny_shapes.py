@@ -1,6 +1,6 @@
 """The shipped tiny-shapes checkpoint: layout, size, a colour edit, a removal, copying,
-region-hold, the eval command, keeping the shapes an edit does not name, and the recipe's
-training loop."""
+region-hold, the eval command, keeping the shapes an edit does not name, the recipe's
+training loop, and that the recipe still starts as the run that made the checkpoint."""
 
 import json
 from pathlib import Path
@@ -101,6 +101,30 @@ def test_recipe_tokenizers_are_the_shipped_ones(tmp_path):
     write_text_towers(tmp_path, ShapesRecipe())
     for name in ("tokenizer/vocab.json", "tokenizer/merges.txt", "llm_encoder/tokenizer.json"):
         assert (tmp_path / name).read_bytes() == (CHECKPOINT / name).read_bytes(), name
+
+
+def test_recipe_starts_as_the_shipped_run(tmp_path):
+    """The recipe's first 25 steps, on the shipped VQ, log what the shipped run logged: the
+    training triples, codes, tokenizers, text towers and initial weights are the ones that
+    made the checkpoint (a whole run rewrites it byte for byte, docs/SHAPES.md, Training).
+    Float sums differ between kinds of CPU, so the loss must match to the logged digits only
+    on the kind of CPU that trained it, and to 1e-4 elsewhere."""
+    from editmgt.machine import describe_cpu
+    from editmgt.train.shapes import ShapesRecipe, train_shapes
+
+    shipped = json.loads((CHECKPOINT / "train_log.json").read_text())
+    log = train_shapes(tmp_path, ShapesRecipe(copy_warmup_steps=25, steps=0),
+                       pretrained_vq=CHECKPOINT / "vqvae")
+    assert log["unique_instructions"] == shipped["unique_instructions"]
+    assert log["vq_codes"]["patches"] == shipped["vq_codes"]["patches"]
+    assert log["vq_target_check_rate"] == shipped["vq_target_check_rate"]
+    assert log["transformer_parameters"] == shipped["transformer_parameters"]
+    first, want = log["transformer"][0], shipped["transformer"][0]
+    assert first["step"] == want["step"] == 25
+    same_cpu = describe_cpu() == shipped["machine"]
+    tolerance = 1e-6 if same_cpu else 1e-4
+    for key in ("loss", "grad_norm", "masked"):
+        assert first[key] == pytest.approx(want[key], abs=tolerance), key
 
 
 def test_app_defaults_are_the_eval_settings():
