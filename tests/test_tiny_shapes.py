@@ -255,8 +255,14 @@ def test_perfect_edit_is_the_target_through_the_vq(pipe):
 
     triple = fixed_colour_edit()
     source_tokens = pipe.vq.encode(torch.from_numpy(triple.source).permute(2, 0, 1)[None].float() / 255)[0]
-    plain = perfect_edit(pipe, triple, source_tokens, keep_unchanged_pixels=False)
-    kept = perfect_edit(pipe, triple, source_tokens, keep_unchanged_pixels=True)
+    plain, changed = perfect_edit(pipe, triple, source_tokens, keep_unchanged_pixels=False)
+    kept, same_changed = perfect_edit(pipe, triple, source_tokens, keep_unchanged_pixels=True)
+    # the tokens that change are the patches whose pixels the edit changes (pixel codes: equal
+    # patches, equal ids; these differ in colour only)
+    s = pipe.vq.scale_factor
+    n = data.IMAGE_SIZE // s
+    differs = (triple.source != triple.target).any(-1).reshape(n, s, n, s).any(axis=(1, 3))
+    assert changed == same_changed == differs.mean() > 0
     for image in (plain, kept):
         assert check_edit(image, triple) and has_shape(image, triple.source_scene.shapes[1])
     recon = (pipe.vq.decode(source_tokens[None])[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
@@ -355,9 +361,13 @@ def test_eval_with_kept_pixels_leaks_less_and_edits_the_same_tokens(pipe):
         assert all(y <= x + 1e-12 for x, y in zip(a["leakage"], b["leakage"]) if x == x)
     assert runs[True].summary["leakage"][0] < runs[False].summary["leakage"][0]
     for a, b in zip(plain, kept):                       # the perfect edit is blended the same way
-        assert b["perfect"] <= a["perfect"] + 1e-12
-    assert runs[True].summary["leakage_perfect"] < runs[False].summary["leakage_perfect"]
-    assert "| perfect edit (the target's own tokens) |" in format_table(runs[True].summary)
+        assert b["perfect"]["leakage"] <= a["perfect"]["leakage"] + 1e-12
+        assert b["perfect"]["changed"] == a["perfect"]["changed"] > 0
+    perfect = runs[True].summary["perfect"]
+    assert perfect["leakage"] < runs[False].summary["perfect"]["leakage"]
+    assert perfect["success"] == np.mean([r["perfect"]["success"] for r in kept])
+    assert (f"| perfect edit (the target's own tokens) | {100 * perfect['success']:.1f} % "
+            in format_table(runs[True].summary))
     assert "source's own" in format_table(runs[True].summary)
     assert "source's own" not in format_table(runs[False].summary)
 

@@ -10,9 +10,10 @@ prints one table:
   and per held-out phrasing (two per kind), where runs of one recipe differ most;
 - leakage: mean L1 (pixels in [0, 1]) between the edit and the source outside the true
   target region, for every lambda of the grid (style edits have no outside and are left
-  out); the VQ round-trip floor of the same pixels is printed beside it, and the leakage of
-  a perfect edit: the true target's own tokens, decoded (and blended like the pipeline's
-  output when pixels are kept), the least any model can leak through this VQ;
+  out); the VQ round-trip floor of the same pixels is printed beside it;
+- a perfect edit, every column measured the same way: the true target's own tokens, decoded
+  (and blended like the pipeline's output when pixels are kept), so its success is the
+  ceiling the VQ puts on a model's and its leakage the least any model can leak through it;
   `--keep-unchanged-pixels` measures the pipeline with the source's own pixels kept wherever
   no token changed, which can leak less than that floor;
 - localisation: IoU between the true target mask and the tokens whose consolidated
@@ -177,6 +178,11 @@ def others_kept(output: np.ndarray, triple: data.EditTriple) -> Optional[bool]:
     return all(has_shape(output, s) for s in others) if others else None
 
 
+def l1_to(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean |a - b| / 255 over every pixel."""
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).mean() / 255.0)
+
+
 def outside_l1(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     """Mean |a - b| / 255 over pixels outside `mask`; nan when there are none."""
     outside = ~mask
@@ -303,18 +309,20 @@ def _to_uint8(image: torch.Tensor) -> np.ndarray:
 
 
 def perfect_edit(pipe, triple: data.EditTriple, source_tokens: torch.Tensor,
-                 keep_unchanged_pixels: bool) -> np.ndarray:
-    """(H, W, 3) uint8: what a model that predicts the true target's tokens exactly returns.
+                 keep_unchanged_pixels: bool) -> tuple[np.ndarray, float]:
+    """What a model that predicts the true target's tokens exactly returns: ((H, W, 3) uint8,
+    the share of tokens that differ from `source_tokens` (h, w)).
 
     The target is encoded by the pipeline's VQ and decoded; with `keep_unchanged_pixels` the
-    source's own pixels are kept where its tokens equal `source_tokens` (h, w), by the
-    pipeline's own blend (`images.changed_alpha`, `images.keep_unchanged`)."""
+    source's own pixels are kept where its tokens equal `source_tokens`, by the pipeline's own
+    blend (`images.changed_alpha`, `images.keep_unchanged`)."""
     target_tokens = pipe.vq.encode(to_tensor(Image.fromarray(triple.target)))[0]     # (h, w)
-    decoded = _to_uint8(pipe.vq.decode(target_tokens[None])[0])
-    if not keep_unchanged_pixels:
-        return decoded
-    alpha = changed_alpha(target_tokens.cpu() != source_tokens.cpu(), pipe.vq.scale_factor)
-    return np.asarray(keep_unchanged(Image.fromarray(decoded), Image.fromarray(triple.source), alpha))
+    changed = target_tokens.cpu() != source_tokens.cpu()
+    image = _to_uint8(pipe.vq.decode(target_tokens[None])[0])
+    if keep_unchanged_pixels:
+        alpha = changed_alpha(changed, pipe.vq.scale_factor)
+        image = np.asarray(keep_unchanged(Image.fromarray(image), Image.fromarray(triple.source), alpha))
+    return image, float(changed.float().mean())
 
 
 def keyword_row(name: str) -> str:
@@ -353,7 +361,7 @@ def evaluate(model_dir: str | Path, n: int = 300, seed: int = 0,
                           size=size, sample_temperature=settings.sample_temperature,
                           keep_unchanged_pixels=settings.keep_unchanged_pixels)
         recon = _to_uint8(pipe.vq.decode(outs[0].source_tokens[None])[0])
-        perfect = perfect_edit(pipe, tr, outs[0].source_tokens, settings.keep_unchanged_pixels)
+        perfect, perfect_changed = perfect_edit(pipe, tr, outs[0].source_tokens, settings.keep_unchanged_pixels)
         images = [np.asarray(o.image.convert("RGB")) for o in outs]
         scores = attention_scores(pipe, outs[0].edited_tokens, outs[0].source_tokens, tr.instruction,
                                   ranges, settings.gamma, settings.smoothing,
@@ -383,9 +391,11 @@ def evaluate(model_dir: str | Path, n: int = 300, seed: int = 0,
             "success": [bool(check_edit(img, tr)) for img in images],
             "kept": [others_kept(img, tr) for img in images],
             "leakage": [outside_l1(img, tr.source, tr.mask) for img in images],
-            "l1": [float(np.abs(img.astype(np.float64) - tr.source).mean() / 255.0) for img in images],
+            "l1": [l1_to(img, tr.source) for img in images],
             "floor": outside_l1(recon, tr.source, tr.mask),
-            "perfect": outside_l1(perfect, tr.source, tr.mask),
+            "perfect": {"success": bool(check_edit(perfect, tr)), "kept": others_kept(perfect, tr),
+                        "leakage": outside_l1(perfect, tr.source, tr.mask), "l1": l1_to(perfect, tr.source),
+                        "changed": perfect_changed},
             "changed": [o.changed_fraction for o in outs],
             "iou": ious,
         })
@@ -427,8 +437,11 @@ def summarise(records: list[dict], lambdas: Sequence[float]) -> dict:
     s["l1"] = [_mean([r["l1"][j] for r in records]) for j in range(len(lambdas))]
     s["changed"] = [_mean([r["changed"][j] for r in records]) for j in range(len(lambdas))]
     s["leakage_floor"] = _mean([r["floor"] for r in records])
-    # records written before the perfect edit was measured have none
-    s["leakage_perfect"] = _mean([r.get("perfect", float("nan")) for r in records])
+    if records and all("perfect" in r for r in records):   # records written before 2026-12-05 have none
+        perfect = [r["perfect"] for r in records]
+        s["perfect"] = {key: _mean([p[key] for p in perfect]) for key in ("success", "leakage", "l1", "changed")}
+        s["perfect"]["kept"] = _mean([p["kept"] for p in perfect if p["kept"] is not None])
+        s["perfect"]["clean"] = _mean([p["success"] and p["kept"] is not False for p in perfect])
     with_others = [r for r in records if r["kept"][0] is not None]
     s["n_kept"] = len(with_others)
     s["kept"] = [_mean([r["kept"][j] for r in with_others]) for j in range(len(lambdas))]
@@ -475,9 +488,10 @@ def format_table(summary: dict) -> str:
                      f"| {100 * summary['clean'][j]:.1f} % | {summary['leakage'][j]:.4f} | {summary['l1'][j]:.4f} "
                      f"| {100 * summary['changed'][j]:.1f} % |")
     lines.append(f"| VQ floor | | | | {summary['leakage_floor']:.4f} | | |")
-    perfect = summary.get("leakage_perfect", float("nan"))
-    if perfect == perfect:
-        lines.append(f"| perfect edit (the target's own tokens) | | | | {perfect:.4f} | | |")
+    if "perfect" in summary:
+        p = summary["perfect"]
+        lines.append(f"| perfect edit (the target's own tokens) | {100 * p['success']:.1f} % | {100 * p['kept']:.1f} % "
+                     f"| {100 * p['clean']:.1f} % | {p['leakage']:.4f} | {p['l1']:.4f} | {100 * p['changed']:.1f} % |")
     kept_kinds = summary["kept_by_kind"]
     lines += ["", f"others kept: {summary['n_kept']} edits whose scene has shapes the instruction does not "
               "touch; at lambda 0 by kind: "
@@ -509,9 +523,8 @@ def plot_curve(summary: dict, path: Path) -> None:
     ax.plot(lam, summary["l1"], "o-", label="L1 to source (all pixels)")
     ax.plot(lam, summary["leakage"], "s-", label="leakage (outside target)")
     ax.axhline(summary["leakage_floor"], color="gray", ls=":", label="VQ round-trip floor")
-    perfect = summary.get("leakage_perfect", float("nan"))
-    if perfect == perfect:
-        ax.axhline(perfect, color="tab:purple", ls="--", lw=1, label="perfect edit's leakage")
+    if "perfect" in summary:
+        ax.axhline(summary["perfect"]["leakage"], color="tab:purple", ls="--", lw=1, label="perfect edit's leakage")
     ax.set_xlabel("lambda (region-hold threshold)")
     ax.set_ylabel("mean L1 (pixels in [0, 1])")
     ax2 = ax.twinx()
