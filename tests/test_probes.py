@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from editmgt.data import shapes as data
 from editmgt.eval.probes import (FATES, READ_WORDS, first_step_accuracy, greyed, keeping_through_sampling,
-                                  new_word_reading, phrasing_success, sampled_edit, shape_fate,
-                                  swap_read_word, text_stream_similarity, untouched_fates)
+                                  new_word_reading, parse_phrasing, phrasing_success, sampled_edit,
+                                  shape_fate, swap_read_word, text_stream_similarity, untouched_fates)
 from editmgt.eval.shapes import check_edit, untouched_shapes
 from editmgt.models.transformer import TransformerOutput
 from editmgt.pipeline import EditMGTPipeline
@@ -198,6 +198,48 @@ def test_phrasing_success_of_a_model_that_misreads_one_phrasing():
     assert data.say(triples[colour[0]].info["template"], triples[colour[0]].info) == triples[colour[0]].instruction
 
 
+def test_phrasing_success_says_the_edits_with_extra_phrasings_too():
+    """Extra phrasings follow the kind's own, marked "extra", with the same triples and seeds:
+    a word swapped in the misread phrasing ("hue" for "color") is read, the phrasing with
+    "color" is not; an extra that repeats a template of the kind is not said twice."""
+    triples = [data.make_triple(0, i, "eval") for i in range(21)]
+    targets = {t.source.tobytes(): t.target for t in triples}
+
+    def edit(source, instruction, seed):
+        if "color of" in instruction:
+            return source
+        return targets[source.tobytes()]
+
+    hue, mine = "change the hue of the {obj} to {colour}", "make the color of the {obj} {colour}"
+    table = phrasing_success(edit, triples, "colour", seed=0,
+                             extra=[hue, mine, data.TEMPLATES["colour"]["train"][0]])
+    templates = data.TEMPLATES["colour"]
+    assert list(table) == [*templates["train"], *templates["eval"], *templates["val"], hue, mine]
+    assert table[hue] == {"split": "extra", "n": 3, "success": 1.0, "grey": 0.0}
+    assert table[mine]["split"] == "extra" and table[mine]["success"] == 0.0
+    assert table["change the color of the {obj} to {colour}"]["success"] == 0.0
+    with pytest.raises(ValueError, match=r"must name \{colour\} \{obj\}"):
+        phrasing_success(edit, triples, "colour", extra=["paint the {obj}"])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("colour=change the hue of the {obj} to {color}", r"must name \{colour\} \{obj\}"),
+    ("remove=remove the {obj} at the {pos}", r"must name \{obj\} and nothing else"),
+    ("style=make it {obj", r"must name no fields"),
+    ("recolour=paint the {obj} {colour}", "unknown edit kind 'recolour'"),
+    ("paint the {obj} {colour}", "KIND=TEMPLATE"),
+    ("colour=  ", "KIND=TEMPLATE"),
+])
+def test_parse_phrasing_names_what_is_wrong(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_phrasing(text)
+
+
+def test_parse_phrasing_reads_kind_and_template():
+    assert parse_phrasing(" move =  nudge the {obj}  to the {pos} ") == ("move", "nudge the {obj} to the {pos}")
+    assert parse_phrasing("style=drain the colour") == ("style", "drain the colour")
+
+
 def test_untouched_fates_tell_a_right_edit_from_one_applied_to_every_shape():
     """A perfect editor keeps every untouched shape; one that paints every shape the new colour
     gives them all the new colour in colour changes; one that wipes the shapes leaves them gone;
@@ -252,6 +294,28 @@ def test_sampled_edit_samples_the_pipeline(pipe):
     out = edit(triple.source, triple.instruction, 3)
     assert out.shape == triple.source.shape and out.dtype == np.uint8
     assert np.array_equal(out, edit(triple.source, triple.instruction, 3))   # seeded
+
+
+def test_probes_command_adds_the_phrasings_asked_for(tiny_checkpoint, capsys):
+    """`--phrasing KIND=TEMPLATE` rows follow the kind's own in the phrasing table, which
+    `--phrasing-kinds` limits; a phrasing of a kind left out is refused, as is a bad template."""
+    from editmgt.eval.probes import main
+
+    args = ["--model", str(tiny_checkpoint), "--n", "7", "--n-sampled", "0", "--n-fates", "0", "--guidance",
+            "--n-phrasings", "14", "--split", "train", "--phrasing-kinds", "colour", "remove"]
+    hue = "change the hue of the {obj} to {colour}"
+    assert main(args + ["--phrasing", f"colour={hue}"]) == 0
+    table = capsys.readouterr().out.split("said every way (first 14 triples, lambda 0):")[1]
+    rows = [line for line in table.strip().splitlines()[2:] if line.startswith("|")]
+    kinds = [r.split("|")[1].strip() for r in rows]
+    n_colour = sum(len(v) for v in data.TEMPLATES["colour"].values()) + 1
+    assert kinds == ["colour"] * n_colour + ["remove"] * sum(len(v) for v in data.TEMPLATES["remove"].values())
+    assert rows[n_colour - 1].startswith(f"| colour | {hue} | extra | 2 | ")
+    for bad, message in ((f"move=nudge the {{obj}} to the {{pos}}", "leaves move out"),
+                         ("colour=paint the {obj}", "must name")):
+        with pytest.raises(SystemExit):
+            main(args + ["--phrasing", bad])
+        assert message in capsys.readouterr().err
 
 
 def test_probes_command_prints_every_table(tiny_checkpoint, capsys):

@@ -29,7 +29,9 @@
 - `phrasing_success`: the same edits said with every phrasing of their kind (training and
   held-out templates), sampled as the eval does: success per phrasing, and how often the
   shapes come out grey (the style edit). It separates what a phrasing does from what a scene
-  does; runs of one recipe differ most in how they read held-out phrasings.
+  does; runs of one recipe differ most in how they read held-out phrasings. `--phrasing
+  KIND=TEMPLATE` adds phrasings of your own (one word of a failing phrasing swapped, say),
+  to find which word a model misreads.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import re
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -298,22 +301,49 @@ def untouched_fates(edit: Edit, triples: Sequence[data.EditTriple], seed: int = 
 
 
 def phrasing_success(edit: Edit, triples: Sequence[data.EditTriple], kind: str,
-                     seed: int = 0) -> dict[str, dict]:
-    """Every edit of `kind` among `triples`, said with each template of the kind: per template,
-    {"split": "train" | "eval" | "val", "n", "success" (the edit's pixel check), "grey" (share of
-    outputs whose shapes are grey, `greyed`)}. Triple i is sampled with the eval's seed for
-    index i whatever the phrasing, so phrasings differ in their words only."""
+                     seed: int = 0, extra: Sequence[str] = ()) -> dict[str, dict]:
+    """Every edit of `kind` among `triples`, said with each template of the kind and then with
+    the `extra` templates (a word swapped, say): per template, {"split": "train" | "eval" |
+    "val" | "extra", "n", "success" (the edit's pixel check), "grey" (share of outputs whose
+    shapes are grey, `greyed`)}. Triple i is sampled with the eval's seed for index i whatever
+    the phrasing, so phrasings differ in their words only."""
     chosen = [(i, t) for i, t in enumerate(triples) if t.kind == kind]
     if not chosen:
         raise ValueError(f"no {kind} edits among the triples")
+    for template in extra:
+        check_template(kind, template)
+    said = [(split, template) for split in data.SPLITS for template in data.TEMPLATES[kind][split]]
+    said += [("extra", template) for template in extra if template not in {t for _, t in said}]
     out = {}
-    for split in data.SPLITS:
-        for template in data.TEMPLATES[kind][split]:
-            outputs = [(edit(t.source, data.say(template, t.info), seed * 1_000_003 + i), t) for i, t in chosen]
-            out[template] = {"split": split, "n": len(outputs),
-                             "success": float(np.mean([check_edit(o, t) for o, t in outputs])),
-                             "grey": float(np.mean([greyed(o, t) for o, t in outputs]))}
+    for split, template in said:
+        outputs = [(edit(t.source, data.say(template, t.info), seed * 1_000_003 + i), t) for i, t in chosen]
+        out[template] = {"split": split, "n": len(outputs),
+                         "success": float(np.mean([check_edit(o, t) for o, t in outputs])),
+                         "grey": float(np.mean([greyed(o, t) for o, t in outputs]))}
     return out
+
+
+def check_template(kind: str, template: str) -> None:
+    """Raise ValueError unless `template` can say every `kind` edit: it must name exactly the
+    fields ({obj}, {colour}, ...) the kind's own templates name."""
+    if kind not in data.EDIT_KINDS:
+        raise ValueError(f"unknown edit kind {kind!r}: use one of {', '.join(data.EDIT_KINDS)}")
+    wanted = set(re.findall(r"{(\w+)}", data.TEMPLATES[kind]["train"][0]))
+    leftover = re.sub(r"{\w+}", "", template)
+    if set(re.findall(r"{(\w+)}", template)) != wanted or "{" in leftover or "}" in leftover:
+        fields = " ".join("{" + f + "}" for f in sorted(wanted)) or "no fields"
+        raise ValueError(f"a {kind} phrasing must name {fields} and nothing else in braces; got {template!r}")
+
+
+def parse_phrasing(text: str) -> tuple[str, str]:
+    """"KIND=TEMPLATE" (e.g. "colour=change the hue of the {obj} to {colour}") -> (kind, template)."""
+    kind, sep, template = text.partition("=")
+    if not sep or not template.strip():
+        raise ValueError(f"give a phrasing as KIND=TEMPLATE, e.g. 'colour=change the hue of the {{obj}} to "
+                         f"{{colour}}'; got {text!r}")
+    kind, template = kind.strip(), " ".join(template.split())
+    check_template(kind, template)
+    return kind, template
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -327,12 +357,26 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="triples sampled for that table (those with untouched shapes count)")
     parser.add_argument("--n-phrasings", type=int, default=56,
                         help="triples said with every phrasing of their kind (0: skip that table)")
+    parser.add_argument("--phrasing", action="append", default=[], metavar="KIND=TEMPLATE",
+                        help="also say that kind's edits this way in the phrasing table, e.g. "
+                             "'colour=change the hue of the {obj} to {colour}' (repeatable)")
+    parser.add_argument("--phrasing-kinds", nargs="+", choices=data.EDIT_KINDS, default=list(data.EDIT_KINDS),
+                        metavar="KIND", help="the edit kinds of the phrasing table (default: all)")
     parser.add_argument("--n-fates", type=int, default=140,
                         help="triples sampled for the untouched shapes' fates (0: skip that table)")
     parser.add_argument("--split", choices=data.SPLITS, default="eval",
                         help="triples of the held-out scenes and phrasings (eval), of the training ones "
                              "(train), or training scenes said with the val phrasings (val)")
     args = parser.parse_args(argv)
+    extra: dict[str, list[str]] = {}
+    for text in args.phrasing:
+        try:
+            kind, template = parse_phrasing(text)
+        except ValueError as err:
+            parser.error(str(err))
+        if kind not in args.phrasing_kinds:
+            parser.error(f"--phrasing {text!r} is a {kind} phrasing, but --phrasing-kinds leaves {kind} out")
+        extra.setdefault(kind, []).append(template)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from editmgt.pipeline import EditMGTPipeline
 
@@ -344,7 +388,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print("| after | word-row cosine | norm |\n|---|---|---|")
     for row in text_stream_similarity(pipe, instruction, data.render(scene)):
         print(f"| {row['after']} | {row['word_cosine']:.3f} | {row['norm']:.1f} |")
-    triples = [data.make_triple(args.seed, i, args.split) for i in range(max(args.n, args.n_fates))]
+    triples = [data.make_triple(args.seed, i, args.split) for i in range(max(args.n, args.n_fates, args.n_phrasings))]
     acc = first_step_accuracy(pipe, triples[:args.n])
     print(f"\nfirst step (all masked), n = {args.n} {which} triples: tokens the edit changes "
           f"{100 * acc['changed']:.1f} % right, tokens of untouched shapes {100 * acc['untouched']:.1f} % right")
@@ -373,8 +417,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         edit = sampled_edit(pipe)
         print(f"\nthe same {which} edits said every way (first {args.n_phrasings} triples, lambda 0):")
         print("| edit kind | phrasing | split | n | success | shapes grey |\n|---|---|---|---|---|---|")
-        for kind in data.EDIT_KINDS:
-            for template, r in phrasing_success(edit, triples[:args.n_phrasings], kind, args.seed).items():
+        for kind in args.phrasing_kinds:
+            for template, r in phrasing_success(edit, triples[:args.n_phrasings], kind, args.seed,
+                                                extra.get(kind, ())).items():
                 print(f"| {kind} | {template} | {r['split']} | {r['n']} | {100 * r['success']:.1f} % "
                       f"| {100 * r['grey']:.1f} % |")
     if args.n_fates:
