@@ -142,6 +142,38 @@ def test_phrasing_noise_leaves_the_kept_words_alone_with_the_same_draws():
     assert all(k == n for k, n in zip(kept, noisy) if "picture" in n.split())
 
 
+def test_insertable_words_are_training_phrasing_words_that_name_nothing():
+    words = data.insertable_words()
+    train_words = {w for k in data.TEMPLATES.values() for t in k["train"] for w in t.split()}
+    held_out = {w for k in data.TEMPLATES.values() for sp in ("eval", "val") for t in k[sp] for w in t.split()}
+    assert words == sorted(words) and set(words) <= train_words
+    assert {"color", "remove", "background", "grayscale", "the", "into"} <= set(words)
+    assert not set(words) & ({"a", *data.SHAPE_COLOURS, *data.SHAPE_KINDS, *data.BACKGROUND_COLOURS,
+                              *data.BACKGROUND_WORDS.values(), "top", "left", "center"})
+    assert not set(words) & (held_out - train_words)            # "of", "paint", "slide" ... never
+    assert "of" not in words and "paint" not in words
+
+
+def test_phrasing_noise_inserts_known_words_only_when_asked_with_the_same_draws():
+    text = "make the red circle blue"
+    plain = [data.perturb_phrasing(text, np.random.default_rng(s)) for s in range(300)]
+    assert plain == [data.perturb_phrasing(text, np.random.default_rng(s), insert_known=0.0) for s in range(300)]
+    known = [data.perturb_phrasing(text, np.random.default_rng(s), insert_known=0.5) for s in range(300)]
+    inserted = 0
+    for p, k in zip(plain, known):
+        extra = k.split()
+        assert len(extra) in (len(p.split()), len(p.split()) + 1)
+        if len(extra) > len(p.split()):       # the same noise, and one known word somewhere in it
+            inserted += 1
+            spots = [i for i in range(len(extra)) if extra[:i] + extra[i + 1:] == p.split()]
+            assert spots and any(extra[i] in data.insertable_words() for i in spots)
+        else:
+            assert k == p
+        assert [w for w in k.split() if w in ("red", "circle", "blue")] == ["red", "circle", "blue"]
+    assert 100 < inserted < 200
+    assert any(k.split().count("color") for k in known) or any("remove" in k.split() for k in known)
+
+
 def test_others_kept_looks_at_the_shapes_the_edit_leaves_alone():
     red, blue = data.Shape("circle", "red", 4), data.Shape("square", "blue", 0)
     scene = data.Scene("white", (red, blue))

@@ -392,6 +392,10 @@ def test_shapes_command_line_overrides_the_recipe():
     assert ShapesRecipe().grounding_rows == "locating"
     assert ShapesRecipe().objective.grounding_weight > 0       # the override did not leak into the defaults
     assert ShapesRecipe().vq.num_vq_embeddings == 512
+    assert recipe_from_args(parse(["--out", "x", "--insert-known", "0.5"])).phrasing_insert_known == 0.5
+    assert default.phrasing_insert_known == 0.0
+    with pytest.raises(ValueError, match="phrasing_insert_known"):
+        recipe_from_args(parse(["--out", "x", "--insert-known", "2"]))
     with pytest.raises(SystemExit):
         parse(["--out", "x", "--grounding-rows", "verbs"])
 
@@ -575,6 +579,7 @@ def test_text_towers_train_with_the_editor_and_round_trip(tmp_path):
 
 
 def test_prompt_sampler_noise_and_dropout():
+    from editmgt.data import shapes as data
     from editmgt.train.shapes import PromptSampler
 
     instructions = ["make the red circle blue", "remove the green star"]
@@ -590,6 +595,10 @@ def test_prompt_sampler_noise_and_dropout():
     for p, i in zip(noisy, index.tolist()):                 # meaning words always survive
         for w in ("red", "circle", "blue") if i == 0 else ("green", "star"):
             assert w in p.split()
+    known = PromptSampler(instructions, 1.0, 0.0, [""], seed=0, insert_known=1.0)(index)
+    # a word of another phrasing in nearly every prompt (it may be one the instruction has)
+    assert sum(any(w in data.insertable_words() and w not in instructions[i].split() for w in k.split())
+               for k, i in zip(known, index.tolist())) > 0.8 * len(known)
     verbs = PromptSampler(instructions, 1.0, 0.0, [""], seed=0, keep=("make", "remove"))(index)
     assert all(p.split()[0] in ("make", "remove") or p.split()[1] in ("make", "remove") for p in verbs)
 

@@ -520,16 +520,32 @@ def pseudo_word(rng: np.random.Generator, min_len: int = 2, max_len: int = 7) ->
             return word
 
 
+def insertable_words() -> list[str]:
+    """Words of the training phrasings that the phrasing noise may insert as distractors
+    (`perturb_phrasing`'s `insert_known`), sorted: every word of a training template but
+    what fills one (colours, kinds, places, backgrounds) and "a", which would turn a named
+    shape into a new one. Other kinds' verbs and the scene-wide words ("color", "background",
+    "grayscale") are among them. No eval or val phrasing is used."""
+    fills = {*SHAPE_COLOURS, *SHAPE_KINDS, *BACKGROUND_WORDS.values(), *BACKGROUND_COLOURS,
+             *(w for p in POSITIONS for w in p.split()), "a"}
+    words = {w for per_kind in TEMPLATES.values() for t in per_kind["train"] for w in t.split()}
+    return sorted(w for w in words if not w.startswith("{") and w not in fills)
+
+
 def perturb_phrasing(instruction: str, rng: np.random.Generator, replace: float = 0.25,
-                     drop: float = 0.1, insert: float = 0.25, keep: Iterable[str] = ()) -> str:
+                     drop: float = 0.1, insert: float = 0.25, keep: Iterable[str] = (),
+                     insert_known: float = 0.0) -> str:
     """Training-time phrasing noise: each word outside `MEANING_WORDS` and `keep` is replaced
     by a pseudo-word with probability `replace` or dropped with probability `drop`, and one
-    pseudo-word is inserted at a random place with probability `insert`. `keep` does not
-    change the random draws, only which words they may touch.
+    pseudo-word is inserted at a random place with probability `insert`; then, with
+    probability `insert_known`, one word of another phrasing (`insertable_words`) is too.
+    `keep` does not change the random draws, only which words they may touch; with
+    `insert_known` 0 no draw is made for it.
 
     The text towers have never seen most verbs an unseen phrasing uses; trained with this
     noise the editor learns that the meaning lives in the colour, shape, position and
-    background words, not in the verb. No evaluation phrasing or word is used."""
+    background words, not in the verb, and (with `insert_known`) that a known word out of
+    its place does not change which edit is asked for. No evaluation phrasing or word is used."""
     kept = MEANING_WORDS | frozenset(keep)
     words = []
     for w in instruction.split():
@@ -540,4 +556,7 @@ def perturb_phrasing(instruction: str, rng: np.random.Generator, replace: float 
             words.append(pseudo_word(rng))
     if rng.random() < insert:
         words.insert(int(rng.integers(0, len(words) + 1)), pseudo_word(rng))
+    if insert_known > 0 and rng.random() < insert_known:
+        known = insertable_words()
+        words.insert(int(rng.integers(0, len(words) + 1)), known[int(rng.integers(len(known)))])
     return " ".join(words)

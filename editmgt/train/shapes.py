@@ -98,6 +98,10 @@ class ShapesRecipe:
     # for the picture ("make the image grayscale"), which say what the edit covers as
     # "background" does for a background change (docs/SHAPES.md, "Reading the new colour")
     phrasing_keeps: tuple[str, ...] = ("image", "picture")
+    # chance that a perturbed instruction also gets one word of another training phrasing
+    # inserted (data.insertable_words: "color", "remove", "background", ...), so that a known
+    # word out of its place does not decide the edit; 0 (the shipped recipe) draws nothing
+    phrasing_insert_known: float = 0.0
     # VQ
     vq: VQConfig = field(default_factory=VQConfig)
     # the ids are clusters of the distinct pixel patches, fixed before the VQ trains, so they
@@ -162,6 +166,8 @@ class ShapesRecipe:
         foreign = [w for w in self.phrasing_keeps if w not in template_words]
         if foreign:
             raise ValueError(f"phrasing_keeps {foreign} are not words of a training template")
+        if not 0.0 <= self.phrasing_insert_known <= 1.0:
+            raise ValueError(f"phrasing_insert_known is a chance: between 0 and 1, got {self.phrasing_insert_known}")
         if not 0.0 <= self.shared_names <= 1.0:
             raise ValueError(f"shared_names is a chance: between 0 and 1, got {self.shared_names}")
         if self.reading_every < 0:
@@ -347,11 +353,13 @@ class PromptSampler:
     probability `dropout` (for classifier-free guidance). Seeded."""
 
     def __init__(self, instructions: Sequence[str], noise: float, dropout: float,
-                 null_prompts: Sequence[str], seed: int, keep: Sequence[str] = ()) -> None:
+                 null_prompts: Sequence[str], seed: int, keep: Sequence[str] = (),
+                 insert_known: float = 0.0) -> None:
         self.instructions = list(instructions)
         self.noise, self.dropout = float(noise), float(dropout)
         self.null_prompts = list(null_prompts)
         self.keep = frozenset(keep)                  # words the noise leaves alone (with MEANING_WORDS)
+        self.insert_known = float(insert_known)      # chance of a known word inserted too
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, index: torch.Tensor) -> list[str]:
@@ -359,7 +367,7 @@ class PromptSampler:
         for i in index.tolist():
             prompt = self.instructions[i]
             if self.rng.random() < self.noise:
-                prompt = data.perturb_phrasing(prompt, self.rng, keep=self.keep)
+                prompt = data.perturb_phrasing(prompt, self.rng, keep=self.keep, insert_known=self.insert_known)
             if self.rng.random() < self.dropout:
                 prompt = self.null_prompts[int(self.rng.integers(len(self.null_prompts)))]
             prompts.append(prompt)
@@ -636,7 +644,8 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
     gen = torch.Generator().manual_seed(recipe.seed + 50)
     null_prompts = ["", NEGATIVE_PROMPT]
     prompts = PromptSampler(instructions, recipe.phrasing_noise, recipe.objective.text_dropout,
-                            null_prompts, seed=recipe.seed + 60, keep=recipe.phrasing_keeps)
+                            null_prompts, seed=recipe.seed + 60, keep=recipe.phrasing_keeps,
+                            insert_known=recipe.phrasing_insert_known)
     micro = torch.tensor([[recipe.image_size, recipe.image_size, 0, 0, 6]], dtype=torch.float32)
     mixed = EpochSampler([i for i, k in enumerate(kinds) for _ in range(recipe.kind_repeats.get(k, 1))], gen)
     reading = (EpochSampler([i for i, k in enumerate(kinds) if k in recipe.reading_kinds], gen)
@@ -741,6 +750,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--phrasing-keeps", nargs="*", default=list(ShapesRecipe.phrasing_keeps),
                         metavar="WORD", help="words the phrasing noise leaves alone besides the "
                                              "meaning words (none: pass the flag alone)")
+    parser.add_argument("--insert-known", type=float, default=ShapesRecipe.phrasing_insert_known, metavar="P",
+                        help="chance that a perturbed instruction also gets a word of another training "
+                             "phrasing inserted (default: 0, none)")
     parser.add_argument("--vq-codebook", choices=VQ_CODEBOOKS, default="pixels",
                         help="the VQ stage: ids fixed from the pixel patches (pixels, the default) or the "
                              "learnt codebook of the checkpoints before 2026-12-04 night (learnt)")
@@ -762,6 +774,7 @@ def recipe_from_args(args: argparse.Namespace) -> ShapesRecipe:
                         steps=steps, reading_kinds=tuple(args.reading_kinds), reading_every=args.reading_every,
                         reading_from=args.reading_from, reading_until=args.reading_until,
                         kind_repeats=_kind_repeats(args.kind_repeats), phrasing_keeps=tuple(args.phrasing_keeps),
+                        phrasing_insert_known=args.insert_known,
                         vq=_vq_with(args), vq_train=vq_schedule(args.vq_codebook), objective=_objective_with(args),
                         optim=_optim_with(args))
 
