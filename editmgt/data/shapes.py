@@ -538,7 +538,7 @@ def perturb_phrasing(instruction: str, rng: np.random.Generator, replace: float 
     """Training-time phrasing noise: each word outside `MEANING_WORDS` and `keep` is replaced
     by a pseudo-word with probability `replace` or dropped with probability `drop`, and one
     pseudo-word is inserted at a random place with probability `insert`; then, with
-    probability `insert_known`, one word of another phrasing (`insertable_words`) is too.
+    probability `insert_known`, one word of the training phrasings (`insertable_words`) is too.
     `keep` does not change the random draws, only which words they may touch; with
     `insert_known` 0 no draw is made for it.
 
