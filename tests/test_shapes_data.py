@@ -146,7 +146,7 @@ def test_insertable_words_are_training_phrasing_words_that_name_nothing():
     words = data.insertable_words()
     train_words = {w for k in data.TEMPLATES.values() for t in k["train"] for w in t.split()}
     held_out = {w for k in data.TEMPLATES.values() for sp in ("eval", "val") for t in k[sp] for w in t.split()}
-    assert words == sorted(words) and set(words) <= train_words
+    assert list(words) == sorted(words) and set(words) <= train_words
     assert {"color", "remove", "background", "grayscale", "the", "into"} <= set(words)
     assert not set(words) & ({"a", *data.SHAPE_COLOURS, *data.SHAPE_KINDS, *data.BACKGROUND_COLOURS,
                               *data.BACKGROUND_WORDS.values(), "top", "left", "center"})

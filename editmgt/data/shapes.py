@@ -520,7 +520,8 @@ def pseudo_word(rng: np.random.Generator, min_len: int = 2, max_len: int = 7) ->
             return word
 
 
-def insertable_words() -> list[str]:
+@functools.lru_cache(maxsize=1)
+def insertable_words() -> tuple[str, ...]:
     """Words of the training phrasings that the phrasing noise may insert as distractors
     (`perturb_phrasing`'s `insert_known`), sorted: every word of a training template but
     what fills one (colours, kinds, places, backgrounds) and "a", which would turn a named
@@ -529,7 +530,7 @@ def insertable_words() -> list[str]:
     fills = {*SHAPE_COLOURS, *SHAPE_KINDS, *BACKGROUND_WORDS.values(), *BACKGROUND_COLOURS,
              *(w for p in POSITIONS for w in p.split()), "a"}
     words = {w for per_kind in TEMPLATES.values() for t in per_kind["train"] for w in t.split()}
-    return sorted(w for w in words if not w.startswith("{") and w not in fills)
+    return tuple(sorted(w for w in words if not w.startswith("{") and w not in fills))
 
 
 def perturb_phrasing(instruction: str, rng: np.random.Generator, replace: float = 0.25,

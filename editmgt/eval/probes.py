@@ -312,10 +312,11 @@ def phrasing_success(edit: Edit, triples: Sequence[data.EditTriple], kind: str,
         raise ValueError(f"no {kind} edits among the triples")
     for template in extra:
         check_template(kind, template)
-    said = [(split, template) for split in data.SPLITS for template in data.TEMPLATES[kind][split]]
-    said += [("extra", template) for template in extra if template not in {t for _, t in said}]
+    said = {template: split for split in data.SPLITS for template in data.TEMPLATES[kind][split]}
+    for template in extra:
+        said.setdefault(template, "extra")
     out = {}
-    for split, template in said:
+    for template, split in said.items():
         outputs = [(edit(t.source, data.say(template, t.info), seed * 1_000_003 + i), t) for i, t in chosen]
         out[template] = {"split": split, "n": len(outputs),
                          "success": float(np.mean([check_edit(o, t) for o, t in outputs])),

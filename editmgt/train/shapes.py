@@ -98,7 +98,7 @@ class ShapesRecipe:
     # for the picture ("make the image grayscale"), which say what the edit covers as
     # "background" does for a background change (docs/SHAPES.md, "Reading the new colour")
     phrasing_keeps: tuple[str, ...] = ("image", "picture")
-    # chance that a perturbed instruction also gets one word of another training phrasing
+    # chance that a perturbed instruction also gets one word of the training phrasings
     # inserted (data.insertable_words: "color", "remove", "background", ...), so that a known
     # word out of its place does not decide the edit; 0 (the shipped recipe) draws nothing
     phrasing_insert_known: float = 0.0
@@ -751,8 +751,8 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="WORD", help="words the phrasing noise leaves alone besides the "
                                              "meaning words (none: pass the flag alone)")
     parser.add_argument("--insert-known", type=float, default=ShapesRecipe.phrasing_insert_known, metavar="P",
-                        help="chance that a perturbed instruction also gets a word of another training "
-                             "phrasing inserted (default: 0, none)")
+                        help="chance that a perturbed instruction also gets a word of the training "
+                             "phrasings inserted (default: 0, none)")
     parser.add_argument("--vq-codebook", choices=VQ_CODEBOOKS, default="pixels",
                         help="the VQ stage: ids fixed from the pixel patches (pixels, the default) or the "
                              "learnt codebook of the checkpoints before 2026-12-04 night (learnt)")
