@@ -86,8 +86,8 @@ def test_recipe_defaults_are_the_shipped_recipe():
     # knobs added after the checkpoint was trained must be off by default: then the recipe is
     # the logged one (reading steps: reading_every 0 makes the other reading knobs moot)
     newer = {k: recipe.pop(k) for k in set(recipe) - set(logged)}
-    off = {"reading_every": 0, "shared_names": 0.0, "phrasing_insert_known": 0.0}
-    assert set(newer) <= set(off) | {"reading_kinds", "reading_from", "reading_until"}, newer
+    off = {"reading_every": 0, "shared_names": 0.0, "phrasing_insert_known": 0.0, "reading_target": None}
+    assert set(newer) <= set(off) | {"reading_kinds", "reading_from", "reading_until", "reading_until_latest"}, newer
     assert all(newer[k] == value for k, value in off.items() if k in newer), newer
     assert recipe == logged
     assert logged["objective"]["grounding_weight"] > 0 and logged["grounding_rows"] == "locating"
@@ -436,11 +436,35 @@ def test_training_with_reading_steps_logs_them(tmp_path, caplog):
     assert log["recipe"]["vq_train"]["codebook_from"] == "pixels"
     assert log["token_agreement_unchanged"] == 1.0 and log["vq_codes"]["patches"] > 0
     assert 0.0 <= log["encoder_code_agreement"] <= 1.0
+    assert log["reading_until"] == 6           # no target: the span ends where the recipe says
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
     assert len(lines) == 3 and "loss - " in lines[1] and "reading edit -" in lines[0]
     # the log names the CPU: the same seed gives other weights on a CPU with other vector units
     saved = json.loads((tmp_path / "train_log.json").read_text())
     assert saved["machine"] == describe_cpu() and saved["machine"]["cpu"] == cpu_model() != ""
+
+
+def test_a_reading_block_that_has_not_learnt_runs_on_in_the_loop(tmp_path, caplog):
+    """With a target no few-step model reaches (every changed token right), the loop's reading
+    block runs on a window at a time to the latest step, says so, logs where it ended, and the
+    run keeps its length (the shipped VQ, a few steps)."""
+    import logging
+
+    from editmgt.train.shapes import ShapesRecipe, train_shapes
+
+    recipe = ShapesRecipe(n_train=300, vq_dense_images=8, steps=12, copy_warmup_steps=2, log_every=4,
+                          batch_size=4, reading_every=1, reading_from=2, reading_until=6,
+                          reading_target=1.0, reading_until_latest=10)
+    with caplog.at_level(logging.INFO, logger="editmgt.train.shapes"):
+        log = train_shapes(tmp_path, recipe, pretrained_vq=CHECKPOINT / "vqvae")
+    rows = log["transformer"]
+    assert [r["step"] for r in rows] == [4, 8, 12, 14]
+    # edit steps 2-9 (steps 5-12, 1-based) are reading steps: the block ran on by one window
+    assert [r["reading_loss"] is not None for r in rows] == [False, True, True, False]
+    assert rows[1]["reading_edit_acc"] < 1.0
+    assert log["reading_until"] == 10
+    said = [r.getMessage() for r in caplog.records if "runs on" in r.getMessage()]
+    assert len(said) == 1 and "to edit step 10" in said[0]
 
 
 

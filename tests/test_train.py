@@ -378,6 +378,11 @@ def test_shapes_command_line_overrides_the_recipe():
     assert block.reading_kinds == ("colour", "add")
     with pytest.raises(SystemExit):
         parse(["--out", "x", "--reading-kinds", "recolour"])
+    assert (default.reading_target, default.reading_until_latest) == (None, None)
+    longer = recipe_from_args(parse(["--out", "x", "--reading-target", "0.8", "--reading-until-latest", "1650"]))
+    assert (longer.reading_target, longer.reading_until_latest, longer.reading_until) == (0.8, 1650, 1050)
+    with pytest.raises(ValueError, match="go together"):
+        recipe_from_args(parse(["--out", "x", "--reading-target", "0.8"]))
     weighted = recipe_from_args(parse(["--out", "x", "--kind-repeats", "style=2", "background=3"]))
     assert weighted.kind_repeats == {"style": 2, "background": 3} and default.kind_repeats == {}
     for bad, says in (("style", "KIND=N"), ("style=two", "KIND=N"), ("grey=2", "grey"), ("style=0", "style")):
@@ -679,6 +684,18 @@ def test_reading_steps_come_every_nth_edit_step_and_draw_the_reading_kinds():
     with pytest.raises(ValueError, match="reading_kinds"):
         ShapesRecipe(reading_kinds=("recolour",))
 
+    # A span that may run on is checked where it would end; it needs a target and a latest step.
+    with pytest.raises(ValueError, match="accuracy"):
+        ShapesRecipe(reading_target=1.5, reading_until_latest=1200)
+    with pytest.raises(ValueError, match="go together"):
+        ShapesRecipe(reading_until_latest=1200)
+    with pytest.raises(ValueError, match="between reading_until"):
+        ShapesRecipe(reading_target=0.8, reading_until_latest=900)          # before reading_until
+    with pytest.raises(ValueError, match="between reading_until"):
+        ShapesRecipe(reading_target=0.8, reading_until_latest=2800)         # past the last edit step
+    with pytest.raises(ValueError, match="bounded span"):
+        ShapesRecipe(reading_every=0, reading_target=0.8, reading_until_latest=1200)
+
     # The sampler deals every index of its pool once per pass, in a seeded order.
     pool = [2, 5, 7, 11, 13, 17]
     draws = EpochSampler(pool, torch.Generator().manual_seed(0))
@@ -689,6 +706,42 @@ def test_reading_steps_come_every_nth_edit_step_and_draw_the_reading_kinds():
     assert torch.equal(torch.cat([again.draw(3), again.draw(3)]), first)
     with pytest.raises(ValueError, match="no training triples"):
         EpochSampler([], torch.Generator())
+
+
+def _reading_steps(recipe, accuracy) -> tuple[list[int], int]:
+    """The steps a ReadingSpan makes reading steps, each reading step scoring accuracy(step);
+    and where the span ended."""
+    from editmgt.train.shapes import ReadingSpan
+
+    span, reading = ReadingSpan(recipe), []
+    for step in range(recipe.copy_warmup_steps + recipe.steps):
+        if span.is_reading(step):
+            reading.append(step)
+            span.record(accuracy(step))
+    return reading, span.until
+
+
+def test_the_reading_block_runs_on_while_its_accuracy_is_under_the_target():
+    from editmgt.train.shapes import ShapesRecipe
+
+    # copy warm-up 2 steps; the block is edit steps 2-5 (steps 4-7), windows of 4 reading steps
+    recipe = ShapesRecipe(copy_warmup_steps=2, steps=30, log_every=4, reading_every=1, reading_from=2,
+                          reading_until=6, reading_target=0.5, reading_until_latest=14)
+    # a block that reads by its end is the block without the target
+    reading, until = _reading_steps(recipe, lambda step: 0.9)
+    assert reading == [4, 5, 6, 7] and until == 6
+    # one that never reads runs on, a window at a time, to the latest step and no further
+    reading, until = _reading_steps(recipe, lambda step: 0.1)
+    assert reading == list(range(4, 16)) and until == 14
+    # one that reads during its first extra window stops at the window's end: the mean of the
+    # last 4 reading steps (0.1, 0.1, 0.9, 0.9) reaches the target
+    reading, until = _reading_steps(recipe, lambda step: 0.1 if step < 10 else 0.9)
+    assert reading == list(range(4, 12)) and until == 10
+    # without a target the span is the recipe's own, step for step (the shipped recipe)
+    default = ShapesRecipe()
+    reading, until = _reading_steps(default, lambda step: 0.0)
+    assert reading == [s for s in range(default.copy_warmup_steps + default.steps) if default.is_reading_step(s)]
+    assert until == default.reading_until == 1050
 
 
 def _one_patch_images(values: list[float], counts: list[int]) -> torch.Tensor:

@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -133,6 +133,13 @@ class ShapesRecipe:
     reading_every: int = 1
     reading_from: int = 450
     reading_until: Optional[int] = 1050
+    # a block that has not learnt to read by reading_until may run on, a window of log_every
+    # reading steps at a time, while the last window's accuracy on the changed tokens is under
+    # reading_target, to edit step reading_until_latest at most (ReadingSpan); the run's length
+    # is unchanged, the extra reading steps replace mixed ones. None: the span ends at
+    # reading_until. A draw that reads by reading_until trains exactly as without it
+    reading_target: Optional[float] = None
+    reading_until_latest: Optional[int] = None
     # text rows the grounding term reads (when objective.grounding_weight > 0): "all";
     # "naming", the rows of the words that name the edit (colours, shapes, places, backgrounds);
     # or "locating", those less the new colour or kind (`locating_words`): the words that find
@@ -175,11 +182,25 @@ class ShapesRecipe:
         if self.reading_every == 1 and self.reading_from <= 0 and self._reading_until() >= self.steps:
             raise ValueError("reading_every 1 over every edit step leaves no step for the other edits: "
                              "bound it with reading_from / reading_until")
+        if self.reading_target is not None and not 0.0 < self.reading_target <= 1.0:
+            raise ValueError(f"reading_target is an accuracy: above 0 and at most 1, got {self.reading_target}")
+        if (self.reading_target is None) != (self.reading_until_latest is None):
+            raise ValueError("reading_target and reading_until_latest go together: "
+                             "the block runs on while under the target, to the latest step")
+        if self.reading_until_latest is not None:
+            if self.reading_until is None or self.reading_every == 0:
+                raise ValueError("reading_until_latest extends a bounded span of reading steps: "
+                                 "set reading_every and reading_until")
+            if not self.reading_until <= self.reading_until_latest < self.steps:
+                raise ValueError(f"reading_until_latest must lie between reading_until ({self.reading_until}) "
+                                 f"and the last edit step ({self.steps - 1}), got {self.reading_until_latest}")
 
-    def is_reading_step(self, step: int) -> bool:
-        """Whether transformer step `step` (0-based, copy warm-up included) is a reading step."""
+    def is_reading_step(self, step: int, until: Optional[int] = None) -> bool:
+        """Whether transformer step `step` (0-based, copy warm-up included) is a reading step;
+        `until`: the edit step where the span ends, if not `reading_until` (`ReadingSpan`)."""
+        until = self._reading_until() if until is None else until
         edit_step = step - self.copy_warmup_steps - self.reading_from
-        return (self.reading_every > 0 and 0 <= edit_step < self._reading_until() - self.reading_from
+        return (self.reading_every > 0 and 0 <= edit_step < until - self.reading_from
                 and edit_step % self.reading_every == self.reading_every - 1)
 
     def _reading_until(self) -> int:
@@ -393,6 +414,38 @@ class EpochSampler:
         index = self.order[self.cursor:self.cursor + batch_size]
         self.cursor += batch_size
         return index
+
+
+class ReadingSpan:
+    """Which transformer steps are reading steps, the span's end moved on while the reading
+    steps have not learnt: when the step after the span comes and the accuracy of the last
+    `recipe.log_every` reading steps on the changed tokens is under `recipe.reading_target`,
+    the span grows by `recipe.log_every` edit steps, up to `recipe.reading_until_latest`."""
+
+    def __init__(self, recipe: ShapesRecipe) -> None:
+        self.recipe = recipe
+        self.until = recipe._reading_until()                 # edit step where the span ends now
+        self.recent: deque[float] = deque(maxlen=recipe.log_every)
+
+    def is_reading(self, step: int) -> bool:
+        """Whether transformer step `step` (0-based) is a reading step; call once per step, in order."""
+        r = self.recipe
+        if (r.reading_target is not None and step == r.copy_warmup_steps + self.until
+                and self.until < r.reading_until_latest and self.accuracy() is not None
+                and self.accuracy() < r.reading_target):
+            self.until = min(self.until + r.log_every, r.reading_until_latest)
+            logger.info("reading steps' accuracy %.3f is under %.2f: the block runs on to edit step %d",
+                        self.accuracy(), r.reading_target, self.until)
+        return r.is_reading_step(step, until=self.until)
+
+    def record(self, edit_acc: Optional[float]) -> None:
+        """A reading step's accuracy on the changed tokens."""
+        if edit_acc is not None:
+            self.recent.append(float(edit_acc))
+
+    def accuracy(self) -> Optional[float]:
+        """Mean accuracy of the last window of reading steps (None before any)."""
+        return sum(self.recent) / len(self.recent) if self.recent else None
 
 
 def copy_batch(codes: torch.Tensor, batch_size: int, grid: tuple[int, int],
@@ -657,8 +710,9 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
     total = recipe.copy_warmup_steps + recipe.steps
     optim = dataclasses.replace(recipe.optim, total_steps=recipe.optim.total_steps or total)
     text.train(recipe.train_text)
+    span = ReadingSpan(recipe)
     for step in range(total):
-        is_reading = recipe.is_reading_step(step)
+        is_reading = span.is_reading(step)
         if step < recipe.copy_warmup_steps:
             source, target = copy_batch(used_codes, recipe.batch_size, tuple(src_ids.shape[1:]), gen)
             texts, objects, regions, rows = [""] * recipe.batch_size, None, None, None
@@ -676,6 +730,8 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
         stats = train_step(model, optimizer, batch, reading_objective if is_reading else recipe.objective,
                            optim, step, gen)
         (reading_window if is_reading else window).append(stats)
+        if is_reading:
+            span.record(stats["edit_acc"])
         if (step + 1) % recipe.log_every == 0 or step == total - 1:
             mean = {k: _mean_of_numbers([w[k] for w in window]) for k in (window or reading_window)[0]}
             # reading steps: their loss (changed tokens only) and accuracy on the changed tokens
@@ -692,6 +748,7 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
     text.eval()
     model.eval()
     log["timings"]["transformer_s"] = round(time.time() - t0, 1)
+    log["reading_until"] = span.until          # where the reading steps' span ended (edit step)
     log["transformer_parameters"] = count_parameters([model])
 
     # 6. Checkpoint.
@@ -744,6 +801,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="first edit step of the reading steps' span")
     parser.add_argument("--reading-until", type=int, default=ShapesRecipe.reading_until,
                         help="edit step where the reading steps' span ends")
+    parser.add_argument("--reading-target", type=float, default=ShapesRecipe.reading_target, metavar="ACC",
+                        help="run the reading block on past --reading-until while its last window's "
+                             "accuracy on the changed tokens is under ACC (with --reading-until-latest)")
+    parser.add_argument("--reading-until-latest", type=int, default=ShapesRecipe.reading_until_latest,
+                        metavar="STEP", help="the latest edit step the reading block may run on to")
     parser.add_argument("--kind-repeats", nargs="+", default=[], metavar="KIND=N",
                         help="edit kinds drawn N times per epoch of the mix instead of once "
                              "(e.g. style=2 background=2)")
@@ -773,6 +835,7 @@ def recipe_from_args(args: argparse.Namespace) -> ShapesRecipe:
                         grounding_rows=args.grounding_rows,
                         steps=steps, reading_kinds=tuple(args.reading_kinds), reading_every=args.reading_every,
                         reading_from=args.reading_from, reading_until=args.reading_until,
+                        reading_target=args.reading_target, reading_until_latest=args.reading_until_latest,
                         kind_repeats=_kind_repeats(args.kind_repeats), phrasing_keeps=tuple(args.phrasing_keeps),
                         phrasing_insert_known=args.insert_known,
                         vq=_vq_with(args), vq_train=vq_schedule(args.vq_codebook), objective=_objective_with(args),
