@@ -20,6 +20,7 @@ from editmgt.train.objective import (
     grounding_loss,
     lr_at,
     make_optimizer,
+    parameter_groups,
     progress_to_timestep,
     token_weights,
     train_step,
@@ -379,6 +380,10 @@ def test_shapes_command_line_overrides_the_recipe():
     with pytest.raises(SystemExit):
         parse(["--out", "x", "--reading-kinds", "recolour"])
     assert (default.reading_target, default.reading_until_latest) == (None, None)
+    assert default.text_lr_scale == 1.0
+    assert recipe_from_args(parse(["--out", "x", "--text-lr-scale", "0.3"])).text_lr_scale == 0.3
+    with pytest.raises(ValueError, match="text_lr_scale"):
+        recipe_from_args(parse(["--out", "x", "--text-lr-scale", "0"]))
     longer = recipe_from_args(parse(["--out", "x", "--reading-target", "0.8", "--reading-until-latest", "1650"]))
     assert (longer.reading_target, longer.reading_until_latest, longer.reading_until) == (0.8, 1650, 1050)
     with pytest.raises(ValueError, match="go together"):
@@ -542,6 +547,28 @@ def test_codebook_from_rejects_unknown_values():
     with pytest.raises(ValueError, match="codebook_from"):
         train_vq(_blocks_sampler(torch.rand(2, 3)), cfg,
                  VQTrainConfig(ae_steps=1, steps=1, batch_size=2, codebook_from="sometimes"))
+
+
+def test_parameter_groups_scale_a_submodules_rate_and_keep_the_order():
+    """A scaled submodule gets groups of its own, after the rest within each weight-decay
+    class, so the parameters (and the clipping norm over them) keep their order; train_step
+    sets each group's rate to the schedule's times its scale."""
+    first, second = torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)
+    both = torch.nn.ModuleList([first, second])
+    plain = parameter_groups(both, 0.01)
+    assert [(g["weight_decay"], g["lr_scale"], len(g["params"])) for g in plain] == [(0.01, 1.0, 2), (0.0, 1.0, 2)]
+    scaled = parameter_groups(both, 0.01, {second: 0.25})
+    assert [(g["weight_decay"], g["lr_scale"]) for g in scaled] == [(0.01, 1.0), (0.01, 0.25), (0.0, 1.0), (0.0, 0.25)]
+    assert scaled[1]["params"] == [second.weight] and scaled[3]["params"] == [second.bias]
+    assert [id(p) for g in scaled for p in g["params"]] == [id(p) for g in plain for p in g["params"]]
+    assert len(parameter_groups(both, 0.01, {second: 1.0})) == 2          # a scale of 1 is no group
+
+    torch.manual_seed(0)
+    model = tiny_model()
+    optim = OptimConfig(lr=2e-3)
+    opt = make_optimizer(model, optim, {model.transformer_blocks: 0.5})
+    train_step(model, opt, tiny_batch(), ObjectiveConfig(text_dropout=0.0), optim, 0, torch.Generator().manual_seed(0))
+    assert sorted({g["lr"] for g in opt.param_groups}) == [1e-3, 2e-3]
 
 
 def test_text_towers_train_with_the_editor_and_round_trip(tmp_path):

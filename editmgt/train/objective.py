@@ -294,20 +294,29 @@ def edit_loss(model: nn.Module, batch: EditBatch, config: ObjectiveConfig,
                       grounding)
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices and embeddings (dim >= 2), none on biases and norms."""
-    decay, no_decay = [], []
+def parameter_groups(model: nn.Module, weight_decay: float,
+                     lr_scales: Optional[dict[nn.Module, float]] = None) -> list[dict]:
+    """Weight decay on matrices and embeddings (dim >= 2), none on biases and norms.
+
+    lr_scales: submodules of `model` whose parameters learn at `scale` times the rate
+    (a group's "lr_scale", read by `train_step`). The parameters keep their order: the
+    groups with weight decay come first, so with no scales the groups are the plain two."""
+    scale_of = {id(p): scale for module, scale in (lr_scales or {}).items() for p in module.parameters()}
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for p in model.parameters():
         if not p.requires_grad:
             continue
-        (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+        groups.setdefault((p.dim() >= 2, scale_of.get(id(p), 1.0)), []).append(p)
+    ordered = sorted(groups, key=lambda key: not key[0])          # stable: decay first
+    return [{"params": groups[key], "weight_decay": weight_decay if key[0] else 0.0, "lr_scale": key[1]}
+            for key in ordered]
 
 
-def make_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
-    """AdamW with the paper's betas, eps and weight decay (matrices only)."""
-    return torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr,
+def make_optimizer(model: nn.Module, config: OptimConfig,
+                   lr_scales: Optional[dict[nn.Module, float]] = None) -> torch.optim.AdamW:
+    """AdamW with the paper's betas, eps and weight decay (matrices only); `lr_scales` as in
+    `parameter_groups`."""
+    return torch.optim.AdamW(parameter_groups(model, config.weight_decay, lr_scales), lr=config.lr,
                              betas=config.betas, eps=config.eps)
 
 
@@ -337,7 +346,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: EditBa
                                    generator)
     lr = lr_at(step, optim)
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     out = edit_loss(model, batch, objective, generator)
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()

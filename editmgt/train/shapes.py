@@ -93,6 +93,7 @@ class ShapesRecipe:
     # train the towers' layers with the editor (token embeddings stay frozen random, so a
     # word training never shows looks like the pseudo-words of the phrasing noise)
     train_text: bool = True
+    text_lr_scale: float = 1.0            # the towers' layers learn at this times the editor's rate
     phrasing_noise: float = 0.5           # share of training instructions perturbed
     # words the phrasing noise leaves alone besides data.MEANING_WORDS: the style edit's words
     # for the picture ("make the image grayscale"), which say what the edit covers as
@@ -182,6 +183,9 @@ class ShapesRecipe:
         if self.reading_every == 1 and self.reading_from <= 0 and self._reading_until() >= self.steps:
             raise ValueError("reading_every 1 over every edit step leaves no step for the other edits: "
                              "bound it with reading_from / reading_until")
+        if not self.text_lr_scale > 0.0:
+            raise ValueError(f"text_lr_scale must be positive (train_text False freezes the towers), "
+                             f"got {self.text_lr_scale}")
         if self.reading_target is not None and not 0.0 < self.reading_target <= 1.0:
             raise ValueError(f"reading_target is an accuracy: above 0 and at most 1, got {self.reading_target}")
         if (self.reading_target is None) != (self.reading_until_latest is None):
@@ -693,7 +697,7 @@ def train_shapes(out_dir: Union[str, Path], recipe: Optional[ShapesRecipe] = Non
     logger.info("transformer: %d parameters; text towers: %d trained", count_parameters([model]),
                 sum(p.numel() for p in text_params))
     trained = torch.nn.ModuleList([model, text]) if recipe.train_text else model
-    optimizer = make_optimizer(trained, recipe.optim)
+    optimizer = make_optimizer(trained, recipe.optim, {text: recipe.text_lr_scale} if recipe.train_text else None)
     gen = torch.Generator().manual_seed(recipe.seed + 50)
     null_prompts = ["", NEGATIVE_PROMPT]
     prompts = PromptSampler(instructions, recipe.phrasing_noise, recipe.objective.text_dropout,
@@ -774,6 +778,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=None, help="transformer steps (override)")
     parser.add_argument("--lr", type=float, default=None,
                         help="peak learning rate of the editor and the text towers' layers (override)")
+    parser.add_argument("--text-lr-scale", type=float, default=ShapesRecipe.text_lr_scale, metavar="S",
+                        help="the text towers' layers learn at S times the editor's learning rate")
     parser.add_argument("--targets", choices=TARGETS, default=ShapesRecipe.targets,
                         help="target ids: the VQ's (vq), source ids where the pixels are unchanged "
                              "(snap), or snap plus each changed patch's modal id (canonical); "
@@ -837,7 +843,7 @@ def recipe_from_args(args: argparse.Namespace) -> ShapesRecipe:
                         reading_from=args.reading_from, reading_until=args.reading_until,
                         reading_target=args.reading_target, reading_until_latest=args.reading_until_latest,
                         kind_repeats=_kind_repeats(args.kind_repeats), phrasing_keeps=tuple(args.phrasing_keeps),
-                        phrasing_insert_known=args.insert_known,
+                        phrasing_insert_known=args.insert_known, text_lr_scale=args.text_lr_scale,
                         vq=_vq_with(args), vq_train=vq_schedule(args.vq_codebook), objective=_objective_with(args),
                         optim=_optim_with(args))
 
