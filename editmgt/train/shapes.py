@@ -435,17 +435,17 @@ class ReadingSpan:
         """Whether transformer step `step` (0-based) is a reading step; call once per step, in order."""
         r = self.recipe
         if (r.reading_target is not None and step == r.copy_warmup_steps + self.until
-                and self.until < r.reading_until_latest and self.accuracy() is not None
-                and self.accuracy() < r.reading_target):
-            self.until = min(self.until + r.log_every, r.reading_until_latest)
-            logger.info("reading steps' accuracy %.3f is under %.2f: the block runs on to edit step %d",
-                        self.accuracy(), r.reading_target, self.until)
+                and self.until < r.reading_until_latest and self.recent):
+            accuracy = self.accuracy()
+            if accuracy < r.reading_target:
+                self.until = min(self.until + r.log_every, r.reading_until_latest)
+                logger.info("reading steps' accuracy %.3f is under %.2f: the block runs on to edit step %d",
+                            accuracy, r.reading_target, self.until)
         return r.is_reading_step(step, until=self.until)
 
-    def record(self, edit_acc: Optional[float]) -> None:
+    def record(self, edit_acc: float) -> None:
         """A reading step's accuracy on the changed tokens."""
-        if edit_acc is not None:
-            self.recent.append(float(edit_acc))
+        self.recent.append(float(edit_acc))
 
     def accuracy(self) -> Optional[float]:
         """Mean accuracy of the last window of reading steps (None before any)."""
