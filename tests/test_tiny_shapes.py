@@ -86,8 +86,7 @@ def test_recipe_defaults_are_the_shipped_recipe():
     # knobs added after the checkpoint was trained must be off by default: then the recipe is
     # the logged one (reading steps: reading_every 0 makes the other reading knobs moot)
     newer = {k: recipe.pop(k) for k in set(recipe) - set(logged)}
-    off = {"reading_every": 0, "shared_names": 0.0, "phrasing_insert_known": 0.0, "reading_target": None,
-           "text_lr_scale": 1.0}
+    off = {"reading_every": 0, "shared_names": 0.0, "phrasing_insert_known": 0.0, "reading_target": None}
     assert set(newer) <= set(off) | {"reading_kinds", "reading_from", "reading_until", "reading_until_latest"}, newer
     assert all(newer[k] == value for k, value in off.items() if k in newer), newer
     assert recipe == logged

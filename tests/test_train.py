@@ -380,7 +380,7 @@ def test_shapes_command_line_overrides_the_recipe():
     with pytest.raises(SystemExit):
         parse(["--out", "x", "--reading-kinds", "recolour"])
     assert (default.reading_target, default.reading_until_latest) == (None, None)
-    assert default.text_lr_scale == 1.0
+    assert default.text_lr_scale == 0.5
     assert recipe_from_args(parse(["--out", "x", "--text-lr-scale", "0.3"])).text_lr_scale == 0.3
     with pytest.raises(ValueError, match="text_lr_scale"):
         recipe_from_args(parse(["--out", "x", "--text-lr-scale", "0"]))

@@ -93,7 +93,9 @@ class ShapesRecipe:
     # train the towers' layers with the editor (token embeddings stay frozen random, so a
     # word training never shows looks like the pseudo-words of the phrasing noise)
     train_text: bool = True
-    text_lr_scale: float = 1.0            # the towers' layers learn at this times the editor's rate
+    # the towers' layers learn at this times the editor's rate: at half it, every draw reads in
+    # time (docs/SHAPES.md, "The text towers' learning rate")
+    text_lr_scale: float = 0.5
     phrasing_noise: float = 0.5           # share of training instructions perturbed
     # words the phrasing noise leaves alone besides data.MEANING_WORDS: the style edit's words
     # for the picture ("make the image grayscale"), which say what the edit covers as
