@@ -29,33 +29,42 @@ def pipe():
     return EditMGTPipeline.from_pretrained(CHECKPOINT)
 
 
-def fixed_colour_edit() -> data.EditTriple:
-    """A white scene with a red circle (centre) and a blue square (top left)."""
-    source_scene = data.Scene("white", (data.Shape("circle", "red", 4), data.Shape("square", "blue", 0)))
-    new = data.Shape("circle", "green", 4)
-    target_scene = data.Scene("white", (new, data.Shape("square", "blue", 0)))
+def removal(scene: data.Scene) -> data.EditTriple:
+    """ "remove the {obj}" of the scene's first shape."""
+    named, others = scene.shapes[0], scene.shapes[1:]
+    target = data.Scene(scene.background, others)
     return data.EditTriple(
-        source=data.render(source_scene), instruction="make the red circle green",
-        target=data.render(target_scene), mask=data.shape_mask("circle", 4), kind="colour",
-        source_scene=source_scene, target_scene=target_scene,
-        info={"old": source_scene.shapes[0], "new": new, "colour": "green"})
+        source=data.render(scene), instruction=f"remove the {named.name}", target=data.render(target),
+        mask=data.shape_mask(named.kind, named.cell), kind="remove", source_scene=scene, target_scene=target,
+        info={"old": named})
+
+
+def recolouring(scene: data.Scene, colour: str) -> data.EditTriple:
+    """ "make the {obj} {colour}" of the scene's first shape."""
+    named, others = scene.shapes[0], scene.shapes[1:]
+    new = data.Shape(named.kind, colour, named.cell)
+    target = data.Scene(scene.background, (new,) + others)
+    return data.EditTriple(
+        source=data.render(scene), instruction=f"make the {named.name} {colour}", target=data.render(target),
+        mask=data.shape_mask(named.kind, named.cell), kind="colour", source_scene=scene, target_scene=target,
+        info={"old": named, "new": new, "colour": colour})
+
+
+def fixed_colour_edit() -> data.EditTriple:
+    """A white scene with a red circle (centre) and a blue square (top left); the circle turns green."""
+    return recolouring(data.Scene("white", (data.Shape("circle", "red", 4), data.Shape("square", "blue", 0))),
+                       "green")
 
 
 def fixed_removal(background: str = "white", others: tuple = (data.Shape("square", "blue", 0),)) -> data.EditTriple:
     """The same scene (or another background / other shapes); the instruction removes the
     red circle."""
-    source_scene = data.Scene(background, (data.Shape("circle", "red", 4),) + tuple(others))
-    target_scene = data.Scene(background, tuple(others))
-    return data.EditTriple(
-        source=data.render(source_scene), instruction="remove the red circle",
-        target=data.render(target_scene), mask=data.shape_mask("circle", 4), kind="remove",
-        source_scene=source_scene, target_scene=target_scene,
-        info={"old": source_scene.shapes[0]})
+    return removal(data.Scene(background, (data.Shape("circle", "red", 4),) + tuple(others)))
 
 
-def edit(pipe, triple: data.EditTriple, **kwargs):
+def edit(pipe, triple: data.EditTriple, seed: int = 0, **kwargs):
     result = pipe.edit(triple.source, triple.instruction, steps=STEPS, guidance=GUIDANCE, gamma=GAMMA,
-                       negative_prompt="", seed=0, size=data.IMAGE_SIZE, sample_temperature=TEMPERATURE,
+                       negative_prompt="", seed=seed, size=data.IMAGE_SIZE, sample_temperature=TEMPERATURE,
                        **kwargs)
     return result, np.asarray(result.image.convert("RGB"))
 
@@ -226,18 +235,8 @@ def probe_edits() -> list[data.EditTriple]:
     of its first shape, the new colour being the first one the scene does not use."""
     triples = []
     for scene in PROBE_SCENES:
-        named, others = scene.shapes[0], scene.shapes[1:]
-        mask = data.shape_mask(named.kind, named.cell)
         colour = next(c for c in data.SHAPE_COLOURS if c not in {s.colour for s in scene.shapes})
-        new = data.Shape(named.kind, colour, named.cell)
-        for kind, instruction, target, info in (
-                ("remove", f"remove the {named.name}", data.Scene(scene.background, others),
-                 {"old": named}),
-                ("colour", f"make the {named.name} {colour}", data.Scene(scene.background, (new,) + others),
-                 {"old": named, "new": new, "colour": colour})):
-            triples.append(data.EditTriple(
-                source=data.render(scene), instruction=instruction, target=data.render(target), mask=mask,
-                kind=kind, source_scene=scene, target_scene=target, info=info))
+        triples += [removal(scene), recolouring(scene, colour)]
     return triples
 
 
@@ -249,12 +248,9 @@ def untouched_kept(pipe, hold_lambda: float, seeds: tuple = (0, 1)) -> tuple[int
     kept = total = 0
     for triple in probe_edits():
         keywords = data.KEYWORD_SETS[EvalSettings.hold_rows](triple.instruction)
+        others = untouched_shapes(triple)
         for seed in seeds:
-            result = pipe.edit(triple.source, triple.instruction, steps=STEPS, guidance=GUIDANCE, gamma=GAMMA,
-                               negative_prompt="", seed=seed, size=data.IMAGE_SIZE,
-                               sample_temperature=TEMPERATURE, hold_lambda=hold_lambda, keyword=keywords)
-            out = np.asarray(result.image.convert("RGB"))
-            others = untouched_shapes(triple)
+            _, out = edit(pipe, triple, seed=seed, hold_lambda=hold_lambda, keyword=keywords)
             kept += sum(has_shape(out, s) for s in others)
             total += len(others)
     return kept, total
