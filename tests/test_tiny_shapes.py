@@ -434,6 +434,16 @@ def test_eval_with_kept_pixels_leaks_less_and_edits_the_same_tokens(pipe):
             in format_table(runs[True].summary))
     assert "source's own" in format_table(runs[True].summary)
     assert "source's own" not in format_table(runs[False].summary)
+    # lambda 1 holds every token, so the paper's reference image is the source's VQ round trip
+    # as the paper decodes, and the source itself with the pixels kept
+    assert runs[False].summary["lambdas"] == [0.0, 0.5, 1.0]
+    for r in plain:
+        # (to a grey level here and there: the sweep decodes a batch, the floor one image)
+        assert r["leakage"][-1] == pytest.approx(r["floor"], abs=1e-4, nan_ok=True)
+        assert r["l1_ref"][-1] == 0.0 and r["l1_ref"][0] > 0.0
+    for r in kept:
+        assert r["leakage_ref"] == pytest.approx(r["leakage"], nan_ok=True)
+        assert r["l1_ref"] == pytest.approx(r["l1"])
 
 
 def test_region_hold_reads_the_keywords_it_is_given(pipe):
@@ -531,6 +541,31 @@ def test_a_reading_block_that_has_not_learnt_runs_on_in_the_loop(tmp_path, caplo
     said = [r.getMessage() for r in caplog.records if "runs on" in r.getMessage()]
     assert len(said) == 1 and "to edit step 10" in said[0]
 
+
+
+def test_halving_is_judged_against_the_source_and_against_the_lambda_1_image():
+    """Issue #5's target, a lambda that halves lambda 0's leakage for at most 5 points of
+    success, read twice: leakage to the source, and to the lambda-1 image (Figure 4's
+    reference). Here only the second halves, and lambda 0.8 loses too much success."""
+    from editmgt.eval.shapes import IOU_THRESHOLDS, format_table, halving_lambdas, summarise
+
+    def record(success: list) -> dict:
+        return {"kind": "remove", "phrasing": "p", "success": success, "kept": [None] * 3,
+                "leakage": [0.016, 0.0145, 0.0135], "l1": [0.07, 0.06, 0.04], "changed": [0.2, 0.1, 0.05],
+                "leakage_ref": [0.006, 0.003, 0.001], "l1_ref": [0.06, 0.05, 0.03], "floor": 0.0127,
+                "iou": {"paper": [0.5] * len(IOU_THRESHOLDS)}}
+
+    records = [record([True, True, False])] * 19 + [record([True, False, False])]
+    summary = summarise(records, [0.0, 0.1, 0.8])
+    assert summary["success"] == pytest.approx([1.0, 0.95, 0.0])
+    assert summary["leakage_ref"] == pytest.approx([0.006, 0.003, 0.001])
+    assert summary["halving_lambdas"] == [] and summary["halving_lambdas_ref"] == [0.1]
+    table = format_table(summary)
+    assert "| 0.10 | 95.0 % | " in table and "| 0.0145 | 0.0600 | 0.0030 | 0.0500 | 10.0 % |" in table
+    assert "halve leakage losing <= 5 points of success: none" in table
+    assert "(the paper's Figure 4 reference): 0.10" in table
+    assert halving_lambdas([0.0, 0.1], [0.9, 0.84], [0.01, 0.004]) == []          # 6 points lost
+    assert halving_lambdas([0.0, 0.1], [0.9, 0.86], [0.01, 0.005]) == [0.1]
 
 
 def test_clean_edits_need_success_and_every_untouched_shape_kept():

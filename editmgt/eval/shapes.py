@@ -11,6 +11,11 @@ prints one table:
 - leakage: mean L1 (pixels in [0, 1]) between the edit and the source outside the true
   target region, for every lambda of the grid (style edits have no outside and are left
   out); the VQ round-trip floor of the same pixels is printed beside it;
+- the same two L1s measured to the lambda-1 image instead of the source: the paper's
+  reference for Figure 4 (appendix C.6: the VQ round trip's own L1 would otherwise sit under
+  every point, so the image at lambda = 1 is the baseline). At lambda 1 region-hold reverts
+  every token, so that image is the source's VQ round trip (the source itself with
+  `--keep-unchanged-pixels`); lambda 1 is always part of the grid;
 - a perfect edit, every column measured the same way: the true target's own tokens, decoded
   (and blended like the pipeline's output when pixels are kept), so its success is the
   ceiling the VQ puts on a model's and its leakage the least any model can leak through it;
@@ -28,7 +33,8 @@ prints one table:
 - region-hold reads the paper range's map from the locating words (the paper's keyword set
   M of Eq. 3, "such as a specific object"); `--hold-rows naming` makes it read every
   naming word, `--hold-rows all` every text row;
-- the Figure 4 analogue: L1 to the source and success against lambda, saved as a plot;
+- the Figure 4 analogue: L1 to the source and to the lambda-1 image, and success, against
+  lambda, saved as a plot;
 - others kept: the share of edits whose untouched shapes all survive (`has_shape`), among
   the edits whose scene has shapes the instruction does not name (style edits left out);
   success looks at the named shape only, so an edit applied to every shape passes it;
@@ -58,7 +64,7 @@ from editmgt.train.objective import ObjectiveConfig
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LAMBDAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8)
+DEFAULT_LAMBDAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
 IOU_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 CEILING = "true region (ceiling)"  # the IoU rows' name for region_scores
 # each keyword set of data.KEYWORD_SETS gives an IoU row "paper, <set> words", the paper
@@ -344,9 +350,7 @@ def evaluate(model_dir: str | Path, n: int = 300, seed: int = 0,
     pipe = pipe or EditMGTPipeline.from_pretrained(model_dir)
     cfg = pipe.transformer.config
     ranges = block_ranges(cfg.num_layers, cfg.num_single_layers, pipe.default_hold_blocks())
-    lambdas = list(settings.lambdas)
-    if 0.0 not in lambdas:
-        lambdas = [0.0] + lambdas
+    lambdas = sorted(set(settings.lambdas) | {0.0, 1.0})   # the un-held edit and the reference
     result = EvalResult(settings=dict(settings.__dict__, lambdas=lambdas, ranges=ranges, split=split))
     size = data.IMAGE_SIZE
     t0 = time.time()
@@ -363,6 +367,7 @@ def evaluate(model_dir: str | Path, n: int = 300, seed: int = 0,
         recon = _to_uint8(pipe.vq.decode(outs[0].source_tokens[None])[0])
         perfect, perfect_changed = perfect_edit(pipe, tr, outs[0].source_tokens, settings.keep_unchanged_pixels)
         images = [np.asarray(o.image.convert("RGB")) for o in outs]
+        reference = images[lambdas.index(1.0)]                   # every token held: Figure 4's baseline
         scores = attention_scores(pipe, outs[0].edited_tokens, outs[0].source_tokens, tr.instruction,
                                   ranges, settings.gamma, settings.smoothing,
                                   settings.smoothing_strength, size)
@@ -392,10 +397,13 @@ def evaluate(model_dir: str | Path, n: int = 300, seed: int = 0,
             "kept": [others_kept(img, tr) for img in images],
             "leakage": [outside_l1(img, tr.source, tr.mask) for img in images],
             "l1": [l1_to(img, tr.source) for img in images],
+            "leakage_ref": [outside_l1(img, reference, tr.mask) for img in images],
+            "l1_ref": [l1_to(img, reference) for img in images],
             "floor": outside_l1(recon, tr.source, tr.mask),
             "perfect": {"success": bool(check_edit(perfect, tr)), "kept": others_kept(perfect, tr),
                         "leakage": outside_l1(perfect, tr.source, tr.mask), "l1": l1_to(perfect, tr.source),
-                        "changed": perfect_changed},
+                        "leakage_ref": outside_l1(perfect, reference, tr.mask),
+                        "l1_ref": l1_to(perfect, reference), "changed": perfect_changed},
             "changed": [o.changed_fraction for o in outs],
             "iou": ious,
         })
@@ -437,9 +445,15 @@ def summarise(records: list[dict], lambdas: Sequence[float]) -> dict:
     s["l1"] = [_mean([r["l1"][j] for r in records]) for j in range(len(lambdas))]
     s["changed"] = [_mean([r["changed"][j] for r in records]) for j in range(len(lambdas))]
     s["leakage_floor"] = _mean([r["floor"] for r in records])
+    # to the lambda-1 image, the paper's Figure 4 reference (records before 2026-12-05, evening, have none)
+    with_ref = bool(records) and all("leakage_ref" in r for r in records)
+    if with_ref:
+        s["leakage_ref"] = [_mean([r["leakage_ref"][j] for r in records]) for j in range(len(lambdas))]
+        s["l1_ref"] = [_mean([r["l1_ref"][j] for r in records]) for j in range(len(lambdas))]
     if records and all("perfect" in r for r in records):   # records written before 2026-12-05 have none
         perfect = [r["perfect"] for r in records]
-        s["perfect"] = {key: _mean([p[key] for p in perfect]) for key in ("success", "leakage", "l1", "changed")}
+        keys = ("success", "leakage", "l1", "changed") + (("leakage_ref", "l1_ref") if with_ref else ())
+        s["perfect"] = {key: _mean([p[key] for p in perfect]) for key in keys}
         s["perfect"]["kept"] = _mean([p["kept"] for p in perfect if p["kept"] is not None])
         s["perfect"]["clean"] = _mean([p["success"] and p["kept"] is not False for p in perfect])
     with_others = [r for r in records if r["kept"][0] is not None]
@@ -455,11 +469,18 @@ def summarise(records: list[dict], lambdas: Sequence[float]) -> dict:
     s["iou_by_kind"] = {name: {k: max(_mean([r["iou"][name][t] for r in records if r["kind"] == k])
                                       for t in range(len(IOU_THRESHOLDS))) for k in kinds}
                         for name in names}
-    base_success, base_leak = s["success"][0], s["leakage"][0]
-    s["halving_lambdas"] = [lam for j, lam in enumerate(lambdas)
-                            if j > 0 and s["leakage"][j] <= base_leak / 2
-                            and s["success"][j] >= base_success - 0.05]
+    s["halving_lambdas"] = halving_lambdas(lambdas, s["success"], s["leakage"])
+    if with_ref:
+        s["halving_lambdas_ref"] = halving_lambdas(lambdas, s["success"], s["leakage_ref"])
     return s
+
+
+def halving_lambdas(lambdas: Sequence[float], success: Sequence[float], leakage: Sequence[float],
+                    max_loss: float = 0.05) -> list[float]:
+    """The lambdas after the first (lambda 0) whose leakage is at most half of lambda 0's
+    while their success is at most `max_loss` below it (issue #5's target)."""
+    return [lam for j, lam in enumerate(lambdas)
+            if j > 0 and leakage[j] <= leakage[0] / 2 and success[j] >= success[0] - max_loss]
 
 
 def format_table(summary: dict) -> str:
@@ -481,25 +502,40 @@ def format_table(summary: dict) -> str:
     lines += ["", f"region-hold reads the paper range's map from {rows}"]
     if summary.get("keep_unchanged_pixels"):
         lines += ["", "pixels where no token changed are the source's own (--keep-unchanged-pixels)"]
+    with_ref = "leakage_ref" in summary
+    ref_header = "| leakage to the lambda-1 image | L1 to the lambda-1 image " if with_ref else ""
     lines += ["", f"| lambda | success | others kept | clean edits | leakage (L1 outside region) "
-              "| L1 to source | tokens changed |", "|---|---|---|---|---|---|---|"]
+              f"| L1 to source {ref_header}| tokens changed |", "|---" * (9 if with_ref else 7) + "|"]
+
+    def ref_cells(values: dict, j: Optional[int] = None) -> str:
+        if not with_ref:
+            return ""
+        pick = (lambda key: values[key]) if j is None else (lambda key: values[key][j])
+        return f" {pick('leakage_ref'):.4f} | {pick('l1_ref'):.4f} |"
+
     for j, lam in enumerate(summary["lambdas"]):
         lines.append(f"| {lam:.2f} | {100 * summary['success'][j]:.1f} % | {100 * summary['kept'][j]:.1f} % "
                      f"| {100 * summary['clean'][j]:.1f} % | {summary['leakage'][j]:.4f} | {summary['l1'][j]:.4f} "
-                     f"| {100 * summary['changed'][j]:.1f} % |")
-    lines.append(f"| VQ floor | | | | {summary['leakage_floor']:.4f} | | |")
+                     f"|{ref_cells(summary, j)} {100 * summary['changed'][j]:.1f} % |")
+    lines.append(f"| VQ floor | | | | {summary['leakage_floor']:.4f} | |" + (" | |" if with_ref else "") + " |")
     if "perfect" in summary:
         p = summary["perfect"]
         lines.append(f"| perfect edit (the target's own tokens) | {100 * p['success']:.1f} % | {100 * p['kept']:.1f} % "
-                     f"| {100 * p['clean']:.1f} % | {p['leakage']:.4f} | {p['l1']:.4f} | {100 * p['changed']:.1f} % |")
+                     f"| {100 * p['clean']:.1f} % | {p['leakage']:.4f} | {p['l1']:.4f} "
+                     f"|{ref_cells(p) if 'leakage_ref' in p else (' | |' if with_ref else '')} "
+                     f"{100 * p['changed']:.1f} % |")
     kept_kinds = summary["kept_by_kind"]
     lines += ["", f"others kept: {summary['n_kept']} edits whose scene has shapes the instruction does not "
               "touch; at lambda 0 by kind: "
               + ", ".join(f"{k} {100 * v:.1f} %" for k, v in kept_kinds.items())]
-    halving = summary["halving_lambdas"]
+    def listed(lams: list[float]) -> str:
+        return ", ".join(f"{lam:.2f}" for lam in lams) if lams else "none"
+
     lines.append("")
-    lines.append("lambdas that halve leakage losing <= 5 points of success: "
-                 + (", ".join(f"{lam:.2f}" for lam in halving) if halving else "none"))
+    lines.append("lambdas that halve leakage losing <= 5 points of success: " + listed(summary["halving_lambdas"]))
+    if "halving_lambdas_ref" in summary:
+        lines.append("the same, leakage measured to the lambda-1 image (the paper's Figure 4 reference): "
+                     + listed(summary["halving_lambdas_ref"]))
     lines += ["", "| block range | " + " | ".join(f"IoU@{t:.1f}" for t in summary["iou_thresholds"])
               + " | best |", "|---|" + "---|" * (len(summary["iou_thresholds"]) + 1)]
     for name, values in summary["iou"].items():
@@ -512,7 +548,8 @@ def format_table(summary: dict) -> str:
 
 
 def plot_curve(summary: dict, path: Path) -> None:
-    """Figure 4 analogue: L1 to source, leakage and success against lambda."""
+    """Figure 4 analogue: L1 and leakage (to the source and, where measured, to the lambda-1
+    image, the paper's reference) and success against lambda."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -522,6 +559,10 @@ def plot_curve(summary: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
     ax.plot(lam, summary["l1"], "o-", label="L1 to source (all pixels)")
     ax.plot(lam, summary["leakage"], "s-", label="leakage (outside target)")
+    if "l1_ref" in summary:
+        ax.plot(lam, summary["l1_ref"], "o--", color="tab:blue", alpha=0.6, label="L1 to the lambda-1 image")
+        ax.plot(lam, summary["leakage_ref"], "s--", color="tab:orange", alpha=0.6,
+                label="leakage to the lambda-1 image")
     ax.axhline(summary["leakage_floor"], color="gray", ls=":", label="VQ round-trip floor")
     if "perfect" in summary:
         ax.axhline(summary["perfect"]["leakage"], color="tab:purple", ls="--", lw=1, label="perfect edit's leakage")
