@@ -502,32 +502,31 @@ def format_table(summary: dict) -> str:
     lines += ["", f"region-hold reads the paper range's map from {rows}"]
     if summary.get("keep_unchanged_pixels"):
         lines += ["", "pixels where no token changed are the source's own (--keep-unchanged-pixels)"]
-    with_ref = "leakage_ref" in summary
-    ref_header = "| leakage to the lambda-1 image | L1 to the lambda-1 image " if with_ref else ""
-    lines += ["", f"| lambda | success | others kept | clean edits | leakage (L1 outside region) "
-              f"| L1 to source {ref_header}| tokens changed |", "|---" * (9 if with_ref else 7) + "|"]
+    # the L1 columns: to the source, and to the lambda-1 image where the records have it
+    l1_keys = ["leakage", "l1"] + (["leakage_ref", "l1_ref"] if "leakage_ref" in summary else [])
+    l1_names = {"leakage": "leakage (L1 outside region)", "l1": "L1 to source",
+                "leakage_ref": "leakage to the lambda-1 image", "l1_ref": "L1 to the lambda-1 image"}
+    header = ["lambda", "success", "others kept", "clean edits", *(l1_names[k] for k in l1_keys), "tokens changed"]
 
-    def ref_cells(values: dict, j: Optional[int] = None) -> str:
-        if not with_ref:
-            return ""
-        pick = (lambda key: values[key]) if j is None else (lambda key: values[key][j])
-        return f" {pick('leakage_ref'):.4f} | {pick('l1_ref'):.4f} |"
+    def row(cells: list[str]) -> str:
+        return "| " + " | ".join(cells) + " |"
 
+    lines += ["", row(header), "|---" * len(header) + "|"]
     for j, lam in enumerate(summary["lambdas"]):
-        lines.append(f"| {lam:.2f} | {100 * summary['success'][j]:.1f} % | {100 * summary['kept'][j]:.1f} % "
-                     f"| {100 * summary['clean'][j]:.1f} % | {summary['leakage'][j]:.4f} | {summary['l1'][j]:.4f} "
-                     f"|{ref_cells(summary, j)} {100 * summary['changed'][j]:.1f} % |")
-    lines.append(f"| VQ floor | | | | {summary['leakage_floor']:.4f} | |" + (" | |" if with_ref else "") + " |")
+        lines.append(row([f"{lam:.2f}", f"{100 * summary['success'][j]:.1f} %", f"{100 * summary['kept'][j]:.1f} %",
+                          f"{100 * summary['clean'][j]:.1f} %", *(f"{summary[k][j]:.4f}" for k in l1_keys),
+                          f"{100 * summary['changed'][j]:.1f} %"]))
+    lines.append(row(["VQ floor", "", "", "", f"{summary['leakage_floor']:.4f}", *[""] * len(l1_keys)]))
     if "perfect" in summary:
         p = summary["perfect"]
-        lines.append(f"| perfect edit (the target's own tokens) | {100 * p['success']:.1f} % | {100 * p['kept']:.1f} % "
-                     f"| {100 * p['clean']:.1f} % | {p['leakage']:.4f} | {p['l1']:.4f} "
-                     f"|{ref_cells(p) if 'leakage_ref' in p else (' | |' if with_ref else '')} "
-                     f"{100 * p['changed']:.1f} % |")
+        lines.append(row(["perfect edit (the target's own tokens)", f"{100 * p['success']:.1f} %",
+                          f"{100 * p['kept']:.1f} %", f"{100 * p['clean']:.1f} %",
+                          *(f"{p[k]:.4f}" for k in l1_keys), f"{100 * p['changed']:.1f} %"]))
     kept_kinds = summary["kept_by_kind"]
     lines += ["", f"others kept: {summary['n_kept']} edits whose scene has shapes the instruction does not "
               "touch; at lambda 0 by kind: "
               + ", ".join(f"{k} {100 * v:.1f} %" for k, v in kept_kinds.items())]
+
     def listed(lams: list[float]) -> str:
         return ", ".join(f"{lam:.2f}" for lam in lams) if lams else "none"
 
