@@ -366,9 +366,10 @@ def test_shapes_command_line_overrides_the_recipe():
     assert (changed.grounding_rows, changed.objective.grounding_weight, changed.steps) == ("naming", 0.0, 7)
     assert changed.optim.lr == 0.002
     assert dataclasses.replace(changed.optim, lr=default.optim.lr) == default.optim   # only the peak
-    hidden = recipe_from_args(parse(["--out", "x", "--mask-objects"]))
-    assert hidden.objective == dataclasses.replace(default.objective, mask_objects=True)
-    assert recipe_from_args(parse(["--out", "x", "--no-mask-objects"])).objective.mask_objects is False
+    assert (default.objective.mask_objects, default.optim.lr) == (True, 6e-4)
+    alone = recipe_from_args(parse(["--out", "x", "--no-mask-objects"]))
+    assert alone.objective == dataclasses.replace(default.objective, mask_objects=False)
+    assert recipe_from_args(parse(["--out", "x", "--mask-objects"])).objective.mask_objects is True
     assert recipe_from_args(parse(["--out", "x", "--shared-names", "0.5"])).shared_names == 0.5
     assert default.shared_names == 0.0
     with pytest.raises(ValueError, match="between 0 and 1"):
