@@ -585,8 +585,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     if args.command in ("parity", "pipeline"):
-        torch.set_grad_enabled(False)
-        results = parity(args.dir) if args.command == "parity" else pipeline(args.dir, args.device, args.case)
+        with torch.no_grad():
+            results = parity(args.dir) if args.command == "parity" else pipeline(args.dir, args.device, args.case)
         for r in results:
             sys.stdout.write(r.line() + "\n")
         failed = sum(r.failed for r in results)

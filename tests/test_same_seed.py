@@ -251,3 +251,8 @@ def test_checker_fails_another_seed_and_a_changed_grid(pipe, fixture_set, tmp_pa
     assert any(line.startswith("edit/output.png") for line in failed)
     assert any(line.startswith("t2i/steps.tokens_out (worst: step 2)") for line in failed)
     assert not any(line.startswith(("edit_hold/", "edit_mask/", "inputs:")) for line in failed)
+
+
+def test_the_checker_leaves_autograd_on(fixture_set):
+    verify.main(["pipeline", str(fixture_set), "--case", "t2i"])
+    assert torch.is_grad_enabled()
