@@ -75,6 +75,7 @@ class BatchSummary:
     failed: int  # pairs with an error in the run folder
     seconds: float
     out: Path
+    first_result_seconds: Optional[float] = None  # until the first edit came back (Ray and actors starting)
 
 
 def file_stem(row_id: str, lam: float) -> str:
@@ -227,7 +228,7 @@ def run_batch(request: BatchRequest, plan: WorkerPlan) -> BatchSummary:
     logger.info("%d rows x %d lambdas: %d pairs done, %d to edit", len(request.inputs), len(request.lambdas),
                 pairs - sum(map(len, todo.values())), sum(map(len, todo.values())))
     _write_run_json(out, request, plan, previous, {"status": "running"})
-    ran = 0
+    ran, first_result = 0, None
     if todo:
         table = request.inputs.table
         table = table.filter(pc.is_in(table.column("id"), value_set=pa.array(list(todo), pa.string())))
@@ -237,6 +238,7 @@ def run_batch(request: BatchRequest, plan: WorkerPlan) -> BatchSummary:
                       use_masks=request.use_masks, dtype=request.dtype)
         edited = map_with_actors(to_dataset(table, plan.batch_size), EditWorker, {"job": job}, plan)
         for batch in edited.iter_batches(batch_format="pyarrow", batch_size=None):
+            first_result = first_result or time.perf_counter() - start
             for record in batch.to_pylist():
                 _save_record(out, record)
                 ran += 1
@@ -247,7 +249,8 @@ def run_batch(request: BatchRequest, plan: WorkerPlan) -> BatchSummary:
         "status": "finished", "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": len(request.inputs),
         "results": count, "failed": failed, "edited_by_last_call": ran, "seconds_of_last_call": round(seconds, 3)})
     logger.info("%s: %d results (%d failed), %d edited now in %.1f s", out, count, failed, ran, seconds)
-    return BatchSummary(rows=len(request.inputs), pairs=pairs, ran=ran, failed=failed, seconds=seconds, out=out)
+    return BatchSummary(rows=len(request.inputs), pairs=pairs, ran=ran, failed=failed, seconds=seconds, out=out,
+                        first_result_seconds=first_result)
 
 
 def read_run(out: Path) -> dict:
