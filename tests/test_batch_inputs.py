@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,65 @@ def test_output_names_are_safe_and_distinct():
     odd = [file_stem(i, 0.0) for i in ("a/b", "a_b", "a:b", "../x", "." * 3)]
     assert len(set(odd)) == len(odd) and all("/" not in s and not s.startswith(".") for s in odd)
     assert file_stem("x", 0.1) != file_stem("x", 0.10000000000000002)
+
+
+# ---------------------------------------------------------------------- the docs name real code
+DOC = REPO_ROOT / "docs" / "BATCH.md"
+
+
+def test_batch_doc_states_the_pins_the_code_uses():
+    from editmgt.batch import metrics
+    from editmgt.batch.score import BENCHMARKS
+    from editmgt.hub import EDITMGT_REVISION
+
+    text = DOC.read_text()
+    for preset in PRESETS.values():
+        assert f"`{preset.repo}` @ `{preset.revision}`" in text and f"| `{preset.split}`" in text, preset.name
+    for repo, revision in ((metrics.CLIP_MODEL, metrics.CLIP_REVISION), (metrics.DINO_MODEL, metrics.DINO_REVISION)):
+        assert f"`{repo}` | `{revision}`" in text
+    assert EDITMGT_REVISION in text
+    for bench, row in (("emu-edit", "Emu Edit test set"), ("magicbrush", "MagicBrush test set")):
+        paper = BENCHMARKS[bench].paper
+        assert f"| {row} | {paper['clip_i']:.3f} | {paper['clip_t']:.3f} | {paper['l1']:.3f} | {paper['dino']:.3f} |" in text
+
+
+def test_batch_doc_names_only_code_and_flags_that_exist():
+    import importlib
+
+    text = DOC.read_text()
+    for dotted in set(re.findall(r"`(editmgt(?:\.\w+)+)`", text)):
+        module, _, attribute = dotted.rpartition(".")
+        try:
+            importlib.import_module(dotted)
+        except ModuleNotFoundError:
+            assert hasattr(importlib.import_module(module), attribute), dotted
+    for path in set(re.findall(r"`((?:editmgt|tests)/[\w/]*(?:\.py)?)`", text)):
+        assert (REPO_ROOT / path).exists(), path
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    known = {flag for name in ("batch", "score") for action in commands[name]._actions for flag in action.option_strings}
+    for flag in set(re.findall(r"`(--[a-z-]+)", text)) - {"--"}:
+        assert flag in known, flag
+    for name in ("EditWorker", "ScoreWorker", "PRESETS"):
+        assert f"`{name}`" in text
+    from editmgt.batch.edit import EditWorker  # noqa: F401
+    from editmgt.batch.score import ScoreWorker  # noqa: F401
+
+
+def test_package_docstring_lists_every_module():
+    import editmgt.batch
+
+    listed = set(re.findall(r"^\s+(\w+\.py)\s", editmgt.batch.__doc__, re.MULTILINE))
+    present = {p.name for p in (REPO_ROOT / "editmgt" / "batch").glob("*.py")} - {"__init__.py"}
+    assert listed == present
+
+
+def test_readme_examples_parse():
+    text = (REPO_ROOT / "README.md").read_text()
+    section = text.split("## Batch edits and benchmarks", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("python -m editmgt ")]
+    assert len(lines) == 6
+    parser = build_parser()
+    for line in lines:
+        args = parser.parse_args(line.split()[3:])
+        assert args.command in ("batch", "score")

@@ -8,6 +8,7 @@
     metrics.py   L1, CLIP-I, CLIP-T and DINO as the MagicBrush evaluation computes them
     score.py     the driver of `score`: per-row scores, the table against the paper, the lambda plot
     cli.py       the two sub-commands' flags (edit settings generated from `EditSettings`)
+    bench.py     `python -m editmgt.batch.bench`: throughput against the number of workers
 
 Ray, pyarrow and datasets are an optional extra (`pip install -e .[batch]`); nothing here
 imports them at package import. docs/BATCH.md explains the design.
