@@ -23,8 +23,7 @@ def start_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> 
         return
     if address is None:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
-                 log_to_driver=True)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1")  # None: Ray counts them
     else:
         if num_cpus is not None:
             logger.warning("--num-cpus is ignored when joining a cluster")

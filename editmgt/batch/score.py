@@ -198,6 +198,8 @@ def plot_lambdas(doc: dict, path: Path) -> Path:
         shown = [(lam, v) for lam, v in zip(lambdas, values) if v is not None]
         if shown:
             ax.plot(*zip(*shown), marker="o", label="this run")
+        else:
+            ax.text(0.5, 0.5, "no values in this run", transform=ax.transAxes, ha="center", fontsize=8)
         ax.axhline(entry["paper"], linestyle="--", color="grey", label="paper (EditMGT)")
         ax.set_title(f"{entry['label']} ({entry['better']} is better)", fontsize=9)
         ax.set_xlabel("lambda")
