@@ -183,11 +183,12 @@ def load_preset(name: str, source: Optional[str] = None, revision: Optional[str]
 
     repo = source or preset.repo
     local = Path(repo).expanduser().is_dir()
+    if local:
+        repo = str(Path(repo).expanduser().resolve())
     revision = None if local else (revision or preset.revision)
     split = split or preset.split
     logger.info("loading %s (%s@%s, split %s)", name, repo, revision or "local", split)
-    data = datasets.load_dataset(str(Path(repo).expanduser().resolve()) if local else repo,
-                                 revision=revision, split=split)
+    data = datasets.load_dataset(repo, revision=revision, split=split)
     missing = [c for c in (*preset.columns.values(), *preset.id_columns) if c not in data.column_names]
     if missing:
         raise InputError(f"dataset {repo} (split {split}) lacks the column(s) {missing} of the {name} preset; "

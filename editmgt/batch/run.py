@@ -38,8 +38,6 @@ logger = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.parquet"
-RECORD_COLUMNS = ("id", "lambda", "seed", "output", "attention", "l1_to_source", "l1_to_reconstruction",
-                  "changed_fraction", "seconds", "error")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -177,8 +175,9 @@ def write_results(out: Path, settings: EditSettings) -> int:
     records = [found[key] for key in sorted(found)]
     base = settings.as_dict()
     rows = []
+    columns = [name for name, _ in _record_fields()]
     for record in records:
-        row = {column: record[column] for column in RECORD_COLUMNS}
+        row = {column: record[column] for column in columns}
         row.update(base, hold_lambda=record["lambda"], keywords=record["keywords"])
         rows.append(row)
     table = pa.Table.from_pylist(rows, schema=_results_schema(settings))
@@ -188,12 +187,19 @@ def write_results(out: Path, settings: EditSettings) -> int:
     return len(rows)
 
 
+def _record_fields() -> list:
+    """The columns of results.parquet before the settings."""
+    import pyarrow as pa
+
+    return [("id", pa.string()), ("lambda", pa.float64()), ("seed", pa.int64()), ("output", pa.string()),
+            ("attention", pa.string()), ("l1_to_source", pa.float64()), ("l1_to_reconstruction", pa.float64()),
+            ("changed_fraction", pa.float64()), ("seconds", pa.float64()), ("error", pa.string())]
+
+
 def _results_schema(settings: EditSettings):
     import pyarrow as pa
 
-    fields = [("id", pa.string()), ("lambda", pa.float64()), ("seed", pa.int64()), ("output", pa.string()),
-              ("attention", pa.string()), ("l1_to_source", pa.float64()), ("l1_to_reconstruction", pa.float64()),
-              ("changed_fraction", pa.float64()), ("seconds", pa.float64()), ("error", pa.string())]
+    fields = _record_fields()
     kinds = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
     for name in names():
         value = getattr(settings, name)
