@@ -69,6 +69,7 @@ def ray_session():
     from editmgt.batch.execution import start_ray
 
     start_ray(None, num_cpus=2)
+    assert [node["NodeManagerAddress"] for node in ray.nodes()] == ["127.0.0.1"]  # loopback only
     yield
     ray.shutdown()
 

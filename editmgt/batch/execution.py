@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -23,11 +24,25 @@ def start_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> 
         return
     if address is None:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1")  # None: Ray counts them
+        _local_only()
+        ray.init(num_cpus=num_cpus, include_dashboard=False)  # num_cpus None: Ray counts them
     else:
         if num_cpus is not None:
             logger.warning("--num-cpus is ignored when joining a cluster")
         ray.init(address=address)
+
+
+def _local_only() -> None:
+    """Make the Ray this process starts use 127.0.0.1 as its node address, so that its servers
+    listen on loopback only. Ray's switch for that (its single-node mode on laptops) is
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read into a constant when `ray` is imported: the
+    variable is set for the processes Ray starts, the constant as the import would have set it."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is None or not hasattr(constants, "ENABLE_RAY_CLUSTER"):
+        logger.warning("this Ray version has no single-node switch; the local Ray may listen on the node's address")
+        return
+    constants.ENABLE_RAY_CLUSTER = False
 
 
 @dataclass(frozen=True)
