@@ -204,3 +204,13 @@ def _target_of(run: Path, row_id: str) -> Image.Image:
         if f"{row['img_id']}-{row['turn_index']}" == row_id:
             return Image.open(io.BytesIO(row["target_img"]["bytes"]))
     raise KeyError(row_id)
+
+
+def test_a_model_that_does_not_load_fails_the_job_with_its_cause(ray_session, dataset: Path, tmp_path: Path, caplog):
+    empty = tmp_path / "not-a-checkpoint"
+    empty.mkdir()
+    argv = ["batch", "--dataset", "magicbrush", "--dataset-source", str(dataset), "--model", str(empty),
+            "--out", str(tmp_path / "out")]
+    assert main(argv) == 1
+    assert "CheckpointError: missing transformer config file" in caplog.text
+    assert not (tmp_path / "out" / "records").exists()

@@ -172,9 +172,16 @@ def run_score_command(args: argparse.Namespace) -> int:
 
 
 def run_command(args: argparse.Namespace, argv: Sequence[str]) -> Optional[int]:
-    """Run `batch` or `score`; None for other commands."""
-    if args.command == "batch":
-        return run_batch_command(args, argv)
-    if args.command == "score":
-        return run_score_command(args)
-    return None
+    """Run `batch` or `score`; None for other commands. A failed Ray job (an actor that could
+    not load its model, say) returns 1 with Ray's message, which names the cause."""
+    commands = {"batch": lambda: run_batch_command(args, argv), "score": lambda: run_score_command(args)}
+    if args.command not in commands:
+        return None
+    try:
+        return commands[args.command]()
+    except Exception as error:
+        if not type(error).__module__.startswith("ray."):
+            raise
+        cause = str(error).strip().splitlines()[-1]  # Ray's message ends with the remote error
+        logger.error("the Ray job failed (Ray's log above has the whole trace): %s", cause)
+        return 1
