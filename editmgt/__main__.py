@@ -75,7 +75,7 @@ def run_edit(args: argparse.Namespace) -> dict:
         guidance=args.guidance,
         gamma=args.gamma,
         hold_lambda=args.hold_lambda,
-        keyword=args.keyword,
+        keywords=args.keyword,
         seed=args.seed,
         mask=args.mask,
         size=args.size,

@@ -15,6 +15,9 @@ Modes (`--modes`, comma separated; default all, in this order):
   e2e          `EditMGTPipeline.edit`, image in -> image out: VQ encode, text encoding
                (the text cache is cleared before every run), region-hold sampling, VQ decode
   sweep8       `EditMGTPipeline.sweep` with 8 lambdas (one batch), image in -> 8 images out
+  draw         one sampler step on random logits of the preset's token grid and codebook, with
+               each token draw in turns: "released" (the released scheduler's draw, the
+               default) and "inverse-cdf" (one uniform per position)
   8bit         the region-hold loop with the transformer (and real text encoders) in int8
                (bitsandbytes LLM.int8); quantises the stack in place, so it runs late
   cold-start   the random stack saved as a checkpoint folder in a temp dir, then
@@ -56,18 +59,21 @@ from PIL import Image
 
 from editmgt.machine import device_name
 from editmgt.models.text_encoders import TextEmbeddings
-from editmgt.models.transformer import AttentionProbe, EditMGTTransformer, TransformerConfig
+from editmgt.models.transformer import EditMGTTransformer, TransformerConfig
 from editmgt.models.vq import VQTokenizer
-from editmgt.pipeline import DEFAULT_NEGATIVE_PROMPT, EditMGTPipeline
+from editmgt.pipeline import Canvas, EditMGTPipeline
+from editmgt.settings import DRAWS, EditSettings
 
 logger = logging.getLogger(__name__)
 
-MODES = ("plain", "region-hold", "e2e", "sweep8", "8bit", "cold-start")
+MODES = ("plain", "region-hold", "e2e", "sweep8", "draw", "8bit", "cold-start")
 INSTRUCTION = "Make the cat wear a red hat"
 HOLD_LAMBDA = 0.3
 SWEEP_LAMBDAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-GUIDANCE = 6.0
-GAMMA = 1.1
+DRAW_MODES = tuple(f"draw-{draw}" for draw in DRAWS)  # what the draw mode reports
+SETTINGS = EditSettings()  # the released inference settings: guidance 6, gamma 1.1, 16 steps
+GUIDANCE = SETTINGS.guidance
+GAMMA = SETTINGS.gamma
 TEXT_LEN = 256  # Gemma2 tokens of the released model
 TEXT_DIM = 2304  # Gemma2-2B hidden size
 POOLED_DIM = 1024  # CLIP ViT-H/14 projection
@@ -285,11 +291,9 @@ def measure_interleaved(jobs: Sequence[tuple[str, str, Callable[[], object]]], d
 
 @dataclass
 class LoopInputs:
-    """Everything `_sample` needs, prepared once so the loop modes time only the loop."""
+    """Everything `EditMGTPipeline.sample` needs, prepared once so the loop modes time only the loop."""
 
-    start: torch.Tensor
-    source: torch.Tensor
-    start_ratio: torch.Tensor
+    canvas: Canvas
     text: TextEmbeddings
     size: tuple[int, int]
     blocks: tuple[int, ...]
@@ -297,26 +301,21 @@ class LoopInputs:
 
 def loop_inputs(pipe: EditMGTPipeline, image: Image.Image, size: int, batch: int = 1) -> LoopInputs:
     with torch.inference_mode():
-        pixels = pipe._to_tensor(image, (size, size))
-        source = pipe.vq.encode(pixels)
-        text = pipe._encode_text(INSTRUCTION, DEFAULT_NEGATIVE_PROMPT, GUIDANCE, batch)
-    start = source.new_full(source.shape, pipe.mask_token_id)
-    return LoopInputs(start.expand(batch, -1, -1), source.expand(batch, -1, -1),
-                      torch.ones(batch, device=pipe.device), text, (size, size), pipe.default_hold_blocks())
+        source = pipe.tokenize(pipe.preprocess(image, (size, size)))
+        canvas = pipe.prepare_canvas(source, batch=batch)
+        text = pipe.encode_prompt(INSTRUCTION, SETTINGS.negative_prompt, GUIDANCE, batch)
+    return LoopInputs(canvas, text, (size, size), pipe.default_hold_blocks())
 
 
 def run_loop(pipe: EditMGTPipeline, inputs: LoopInputs, steps: int, lambdas: Optional[Sequence[float]], seed: int = 0):
-    """One sampling loop: region-hold off when `lambdas` is None, else one sample per lambda."""
-    hold = lambdas is not None
+    """One sampling loop: region-hold off when `lambdas` is None (the attention map is then read
+    on the last step only), else one sample per lambda."""
+    settings = SETTINGS.replace(steps=steps)
+    batch = inputs.canvas.tokens.shape[0]
+    generators, _ = pipe.generators(seed, batch)
+    hold = torch.tensor(list(lambdas), device=pipe.device) if lambdas is not None else None
     with torch.inference_mode():
-        return pipe._sample(
-            inputs.start, inputs.source, inputs.start_ratio, inputs.text, inputs.size,
-            steps=steps, guidance=GUIDANCE, gamma=GAMMA, seed=seed,
-            probe=AttentionProbe(blocks=inputs.blocks) if hold else None,
-            smoothing="adaptive", smoothing_strength=1.0,
-            hold_lambda=torch.tensor(list(lambdas), device=pipe.device) if hold else None,
-            callback=None,
-        )
+        return pipe.sample(inputs.canvas, inputs.text, inputs.size, settings, generators, hold_lambda=hold)
 
 
 def profile_loop(pipe: EditMGTPipeline, inputs: LoopInputs, steps: int, top: int = 15) -> dict:
@@ -415,15 +414,15 @@ def format_table(report: dict) -> str:
         f"preset {report['preset']}, {report['dtype']}, {report['size']} px, {report['steps']} steps, "
         f"guidance {GUIDANCE}, gamma {GAMMA}, runs {report['runs']} after {report['warmup']} warm-up"
         + (", compiled" if report["compile"] else "") + (", real text encoders" if report["real_text"] else ""),
-        f"{'mode':<12} {'min s':>9} {'median s':>9} {'max s':>9} {'runs':>5}  {'peak memory':<22} what",
+        f"{'mode':<16} {'min s':>9} {'median s':>9} {'max s':>9} {'runs':>5}  {'peak memory':<22} what",
     ]
     for m in report["modes"]:
         if m.get("skipped"):
-            lines.append(f"{m['mode']:<12} {'skipped':>9} {'':>9} {'':>9} {0:>5}  {'':<22} {m['skipped']}")
+            lines.append(f"{m['mode']:<16} {'skipped':>9} {'':>9} {'':>9} {0:>5}  {'':<22} {m['skipped']}")
             continue
         cpu = m.get("extra", {}).get("cpu_median_s")
         lines.append(
-            f"{m['mode']:<12} {m['min_s']:>9.4f} {m['median_s']:>9.4f} {m['max_s']:>9.4f} {m['runs']:>5}  "
+            f"{m['mode']:<16} {m['min_s']:>9.4f} {m['median_s']:>9.4f} {m['max_s']:>9.4f} {m['runs']:>5}  "
             f"{_fmt_bytes(m['peak_bytes'], m['peak_kind']):<22} {m['what']}"
             + (f" [CPU time median {cpu:.4f} s]" if cpu is not None else "")
         )
@@ -432,7 +431,7 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def derived(modes: dict[str, dict], comparable: bool = False) -> dict:
+def derived(modes: dict[str, dict], comparable: bool = False, steps: int = 16) -> dict:
     """Ratios between modes; against the released code's H200 numbers only when `comparable`
     (CUDA, full preset, 1024 px, 16 steps)."""
     out = {}
@@ -444,6 +443,11 @@ def derived(modes: dict[str, dict], comparable: bool = False) -> dict:
             out["region_hold_overhead_cpu_time_pct"] = 100.0 * (cpu[1] / cpu[0] - 1.0)
     if "sweep8" in med and "e2e" in med:
         out["sweep8_over_one_edit"] = med["sweep8"] / med["e2e"]
+    if "draw-released" in med and "draw-inverse-cdf" in med:
+        out["draw_released_over_inverse_cdf"] = med["draw-released"] / med["draw-inverse-cdf"]
+        if "plain" in med:
+            out["draw_released_extra_share_of_plain_loop_pct"] = (
+                100.0 * steps * (med["draw-released"] - med["draw-inverse-cdf"]) / med["plain"])
     if comparable and "region-hold" in med:
         out["released_region_hold_bf16_over_ours"] = RELEASED_REFERENCE["region_hold_bf16_s"] / med["region-hold"]
     if comparable and "plain" in med:
@@ -479,7 +483,7 @@ def run(args: argparse.Namespace) -> dict:
 
     def write_out() -> None:
         comparable = device.type == "cuda" and args.preset == "full" and size == 1024 and steps == 16
-        report["derived"] = derived({m["mode"]: m for m in report["modes"]}, comparable)
+        report["derived"] = derived({m["mode"]: m for m in report["modes"]}, comparable, steps)
         report["wall_s"] = time.perf_counter() - t_begin
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -537,6 +541,11 @@ def run(args: argparse.Namespace) -> dict:
                         else "sweep(): 8 lambdas as one batch, image in -> 8 images out")
                 res = measure(mode, what, call, device, runs, warmup)
                 res.extra["pipeline_timings_last_run_unsynced"] = last.get("timings", {})
+            elif mode == "draw":
+                for res in measure_draws(pipe, size, steps, device, runs, warmup):
+                    report["modes"].append(res.summary())
+                write_out()
+                continue
             elif mode == "8bit":
                 from editmgt.models.quantize import quantize_8bit
 
@@ -562,6 +571,22 @@ def run(args: argparse.Namespace) -> dict:
         return report
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def measure_draws(pipe: EditMGTPipeline, size: int, steps: int, device: torch.device, runs: int,
+                  warmup: int) -> list[ModeResult]:
+    """One sampler step (softmax, draw, re-mask) on random logits (1, L, V) of the preset's token
+    grid and codebook, once per draw, in turns."""
+    side = size // pipe.vq.scale_factor
+    length, codes = side * side, pipe.transformer.config.codebook_size
+    logits = torch.randn(1, length, codes, generator=torch.Generator().manual_seed(0)).to(device)
+    canvas = torch.full((1, length), pipe.mask_token_id, dtype=torch.long, device=device)
+    jobs = []
+    for draw, name in zip(DRAWS, DRAW_MODES):
+        generators = [torch.Generator(device=device).manual_seed(0)]
+        jobs.append((name, f"one sampler step, {length} tokens x {codes} codes, draw={draw}",
+                     lambda d=draw, g=generators: pipe.sampler.step(logits, canvas, 0, steps, 2.0, g, draw=d)))
+    return measure_interleaved(jobs, device, runs, warmup)
 
 
 def cold_start(root: Path, device, dtype, args, image, size, steps) -> ModeResult:

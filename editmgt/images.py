@@ -231,8 +231,9 @@ def load_mask(
     """Mask -> bool tensor, True = region to edit (white, or opaque paint on a transparent layer).
 
     size: (width, height) of the image the mask belongs to; a mask of another size raises
-    InputError unless `resize=True` stretches it. grid: (h, w) token grid: each cell is True
-    when at least `threshold` of its area is marked (released: resize then binarise at 0.5).
+    InputError unless `resize=True` stretches it. grid: (h, w) token grid; the mask is then
+    made as the released mask processor makes it: 8-bit grey, LANCZOS-resized to the grid,
+    and a cell is True when its value / 255 is at least `threshold`.
     Returns (height, width) without `grid`, else (h, w).
     """
     array = _mask_array(src, max_pixels)
@@ -245,10 +246,11 @@ def load_mask(
             )
         logger.info("resizing mask from %dx%d to %dx%d", array.shape[1], array.shape[0], width, height)
         array = np.asarray(Image.fromarray(array, mode="F").resize((width, height), Image.BILINEAR))
-    if grid is not None:
-        gh, gw = grid
-        array = np.asarray(Image.fromarray(array, mode="F").resize((gw, gh), Image.BOX))
-    return torch.from_numpy(np.ascontiguousarray(array) >= threshold)
+    if grid is None:
+        return torch.from_numpy(np.ascontiguousarray(array) >= threshold)
+    grey = Image.fromarray((np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8), mode="L")
+    cells = np.asarray(grey.resize((grid[1], grid[0]), Image.LANCZOS), dtype=np.float32) / 255.0
+    return torch.from_numpy(cells >= threshold)
 
 
 # ---------------------------------------------------------------------- compositing

@@ -14,7 +14,7 @@ from PIL import Image
 
 from editmgt.errors import InputError
 from editmgt.images import open_image, to_rgb
-from editmgt.pipeline import MAX_INSTRUCTION_CHARS
+from editmgt.settings import MAX_TEXT_CHARS as MAX_INSTRUCTION_CHARS
 
 logger = logging.getLogger(__name__)
 

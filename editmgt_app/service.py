@@ -139,7 +139,8 @@ class EditService:
                negative_prompt, progress: Progress, resolution: int) -> list:
         """One batch for all lambdas; if it does not fit, halves until it does."""
         kwargs = dict(steps=settings["steps"], guidance=settings["guidance"], gamma=settings["gamma"],
-                      hold_blocks=hold_blocks, keyword=keyword, smoothing=settings["smoothing"],
+                      hold_blocks=(hold_blocks[0], hold_blocks[-1]) if hold_blocks else None, keywords=keyword,
+                      smoothing=settings["smoothing"],
                       smoothing_strength=settings["smoothing_strength"], seed=settings["seed"], mask=mask,
                       sample_temperature=settings["sample_temperature"],
                       keep_unchanged_pixels=settings["keep_unchanged_pixels"])

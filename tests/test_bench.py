@@ -30,7 +30,8 @@ def test_cli_prints_every_mode_and_writes_json(tmp_path):
     lines = proc.stdout.splitlines()
     assert any(line.startswith("device: CPU") and "torch" in line and "commit" in line for line in lines)
     report = json.loads(out.read_text())
-    assert [m["mode"] for m in report["modes"]] == list(bench.MODES)
+    reported = [name for mode in bench.MODES for name in (bench.DRAW_MODES if mode == "draw" else [mode])]
+    assert [m["mode"] for m in report["modes"]] == reported
     for mode in report["modes"]:
         assert "skipped" not in mode, mode
         row = next(line for line in lines if line.split() and line.split()[0] == mode["mode"])
@@ -39,6 +40,7 @@ def test_cli_prints_every_mode_and_writes_json(tmp_path):
         assert all(_finite(v) for v in (mode["min_s"], mode["median_s"], mode["max_s"]))
         assert mode["runs"] == 1 and _finite(mode["peak_bytes"])
     assert _finite(report["derived"]["sweep8_over_one_edit"])
+    assert _finite(report["derived"]["draw_released_over_inverse_cdf"])
     assert "region_hold_overhead_pct" in report["derived"]
     assert report["torch"] == torch.__version__ and report["size"] == 128
 

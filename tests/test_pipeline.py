@@ -128,7 +128,7 @@ def test_keep_unchanged_pixels_returns_the_source_where_no_token_changed(pipe, p
     plain = pipe.edit(photo, "turn it into a painting", **args)
     assert kept.size != photo.size and kept.image.size == photo.size
     assert np.array_equal(np.asarray(kept.image), np.asarray(photo))
-    assert kept.l1_to_source == 0.0 and kept.summary()["keep_unchanged_pixels"] is True
+    assert kept.l1_to_source == 0.0 and kept.summary()["settings"]["keep_unchanged_pixels"] is True
     assert plain.l1_to_source > 0.01 and not np.array_equal(np.asarray(plain.image), np.asarray(photo))
 
 
@@ -173,8 +173,8 @@ def test_result_fields(pipe, photo):
 def test_generate_text_to_image(pipe):
     r = pipe.generate("a red circle on a blue background", steps=4, size=SIZE, seed=0)
     assert r.image.size == (SIZE, SIZE)
-    assert r.edited_tokens.shape == (SIZE // pipe.vq.scale_factor,) * 2
-    assert (r.edited_tokens != pipe.mask_token_id).all()
+    assert r.tokens.shape == (SIZE // pipe.vq.scale_factor,) * 2
+    assert (r.tokens != pipe.mask_token_id).all()
 
 
 def test_bf16_pipeline_runs(tiny_checkpoint, photo):
@@ -192,9 +192,9 @@ def test_bf16_pipeline_runs(tiny_checkpoint, photo):
         (dict(hold_lambda=-0.1), "lambda"),
         (dict(gamma=-1.0), "gamma"),
         (dict(steps=0), "steps"),
-        (dict(hold_blocks=[999]), "hold blocks"),
+        (dict(hold_blocks=(0, 999)), "hold_blocks"),
         (dict(smoothing="blur-it"), "smoothing"),
-        (dict(sample_temperature=0.0), "sample temperature"),
+        (dict(sample_temperature=0.0), "sample_temperature"),
     ],
 )
 def test_bad_arguments_raise_input_error(pipe, photo, kwargs, message):
@@ -234,7 +234,7 @@ def test_cli_edit_json(tiny_checkpoint, photo, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
-    assert summary["seed"] == 3 and summary["lambda"] == 0.3 and summary["keep_unchanged_pixels"] is False
+    assert summary["seed"] == 3 and summary["lambda"] == 0.3 and summary["settings"]["keep_unchanged_pixels"] is False
     assert Image.open(out).size == photo.size
     kept = tmp_path / "kept.png"                       # lambda 1 changes no token: the photo itself
     proc = subprocess.run(cmd[:cmd.index("--out") + 1] + [str(kept), "--lambda", "1", "--keep-unchanged-pixels"],

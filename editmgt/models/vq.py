@@ -36,8 +36,9 @@ class VQTokenizer(nn.Module):
             decode_dtype = torch.float32 if upcast else encode_dtype
         for part in (model.quantize, model.post_quant_conv, model.decoder):
             part.to(dtype=decode_dtype)
-        # Channels-last convolutions: the same maths, about a quarter faster on CPU (oneDNN).
-        model.to(memory_format=torch.channels_last)
+        # Contiguous (not channels-last) convolutions: channels-last runs other kernels on the
+        # CPU, which move near-tied latents to other codes (0.5 % of the tokens), so the source
+        # would no longer tokenise as the released pipeline tokenises it.
 
     @classmethod
     def from_pretrained(
@@ -103,7 +104,7 @@ class VQTokenizer(nn.Module):
         out = []
         step = batch_size or images.shape[0]
         for chunk in images.split(step):
-            chunk = chunk.to(device=self.device, dtype=self.dtype, memory_format=torch.channels_last)
+            chunk = chunk.to(device=self.device, dtype=self.dtype)
             latents = self.model.encode(chunk).latents
             _, _, (_, _, indices) = self.model.quantize(latents.to(codebook_dtype))
             out.append(indices.reshape(chunk.shape[0], h, w))

@@ -4,8 +4,19 @@
 from the (already guided) logits, keeps known tokens, reverts low-score positions to
 the source tokens (region-hold, EditMGT section 3.2), and masks the least confident
 of the newly sampled tokens again (all but the last step). Each sample draws its own
-noise from its own ``torch.Generator``, one small draw per step, so a batch gives the
-same tokens as its samples run one by one. Nothing is synced to the host.
+noise from its own ``torch.Generator``, so a batch gives the same tokens as its samples
+run one by one. Nothing is synced to the host.
+
+Two draws of the same distribution (``draw``):
+
+- ``"released"`` draws what the released scheduler draws for the same generator: its
+  ``torch.multinomial`` over the (positions x codebook) probabilities is
+  ``argmax(p / E)`` with ``E`` one ``exponential_`` of that shape (torch's own algorithm
+  for one sample per row), then, on every step but the last, one uniform row for the
+  re-masking's Gumbel noise. With the same generator state it picks the same tokens.
+- ``"inverse-cdf"`` draws one uniform row of 2 x positions per step (row 0 picks each token
+  from the cumulative probabilities, row 1 feeds the Gumbel noise): the same distribution
+  for a fraction of the random numbers, which is several times cheaper on the CPU.
 """
 
 from __future__ import annotations
@@ -18,9 +29,10 @@ from torch import Tensor
 
 from editmgt.errors import InputError
 from editmgt.sampling.schedule import SCHEDULES, remask_count
+from editmgt.settings import DRAWS, spec
 
 _TINY = 1e-20
-MIN_SAMPLE_TEMPERATURE = 0.01   # the lowest sample_temperature the pipeline and app accept
+MIN_SAMPLE_TEMPERATURE = spec("sample_temperature")["low"]  # the app's imports; they move to EditSettings
 
 
 @dataclass
@@ -64,21 +76,39 @@ class MaskGITSampler:
         self.mask_token_id = int(mask_token_id)
         self.schedule = schedule
 
-    def _noise(self, generators: Sequence[torch.Generator], batch: int, length: int,
-                device: torch.device) -> Tensor:
-        """(B, 2, L) uniform [0, 1): row 0 picks tokens, row 1 feeds the Gumbel noise."""
+    @staticmethod
+    def _check_generators(generators: Sequence[torch.Generator], batch: int) -> None:
         if len(generators) != batch:
             raise InputError(f"need one generator per sample: got {len(generators)} for B={batch}")
-        draws = [torch.rand((2, length), generator=g, device=g.device, dtype=torch.float32)
-                 for g in generators]
-        return torch.stack([d.to(device, non_blocking=True) for d in draws])
+
+    def _draw(self, probs: Tensor, generators: Sequence[torch.Generator], draw: str,
+              last_step: bool) -> tuple[Tensor, Optional[Tensor]]:
+        """Sampled tokens (B, L) from probs (B, L, V) float32, and the (B, L) uniforms of the
+        Gumbel noise (None on the last step of the released draw, which draws none)."""
+        batch, length, _ = probs.shape
+        device = probs.device
+        if draw == "inverse-cdf":
+            noise = torch.stack([torch.rand((2, length), generator=g, device=g.device).to(device, non_blocking=True)
+                                 for g in generators])                       # (B, 2, L)
+            cdf = probs.cumsum(dim=-1)
+            target = (noise[:, 0] * cdf[..., -1]).unsqueeze(-1)              # (B, L, 1)
+            sampled = torch.searchsorted(cdf, target, right=True).squeeze(-1)
+            return sampled.clamp(max=probs.shape[-1] - 1), noise[:, 1]
+        sampled, uniforms = [], []
+        for p, g in zip(probs, generators):                                  # p: (L, V)
+            exponential = torch.empty(p.shape, dtype=torch.float32, device=g.device).exponential_(1, generator=g)
+            sampled.append((p / exponential.to(device, non_blocking=True)).argmax(dim=-1))
+            if not last_step:
+                uniforms.append(torch.empty(length, dtype=torch.float32, device=g.device)
+                                .uniform_(0, 1, generator=g).to(device, non_blocking=True))
+        return torch.stack(sampled), (torch.stack(uniforms) if uniforms else None)
 
     def step(self, logits: Tensor, tokens: Tensor, step_index: int, num_steps: int,
              temperature: Union[float, Tensor], generators: Sequence[torch.Generator],
              start_ratio: Optional[Tensor] = None, hold_scores: Optional[Tensor] = None,
              hold_lambda: Optional[Tensor] = None,
              source_tokens: Optional[Tensor] = None,
-             sample_temperature: float = 1.0) -> StepOutput:
+             sample_temperature: float = 1.0, draw: str = "released") -> StepOutput:
         """Advance the canvas by one step.
 
         logits: (B, L, V) guided logits (any float dtype; softmax runs in float32).
@@ -93,24 +123,26 @@ class MaskGITSampler:
         (every such position when lambda >= 1, none when lambda <= 0).
         sample_temperature: > 0; tokens are drawn from softmax(logits / t), and their
         confidence read from it too (1, the released sampler's draw; lower is more greedy).
+        draw: "released" or "inverse-cdf" (see the module docstring).
         """
         if logits.ndim != 3 or tokens.shape != logits.shape[:2]:
             raise InputError(f"expected logits (B, L, V) and tokens (B, L); got "
                              f"{tuple(logits.shape)} and {tuple(tokens.shape)}")
         if not sample_temperature > 0:
             raise InputError(f"sample_temperature must be > 0, got {sample_temperature!r}")
+        if draw not in DRAWS:
+            raise InputError(f"unknown draw {draw!r}; expected one of {DRAWS}")
         batch, length, _ = logits.shape
+        self._check_generators(generators, batch)
         device = logits.device
         tokens = tokens.to(device)
         unknown = tokens == self.mask_token_id                               # (B, L)
 
-        # 1. Sample every position by inverse CDF with per-sample uniforms.
-        probs = torch.softmax(logits.float() / sample_temperature, dim=-1)  # (B, L, V); x / 1 is exact
-        noise = self._noise(generators, batch, length, device)               # (B, 2, L)
-        cdf = probs.cumsum(dim=-1)
-        target = (noise[:, 0] * cdf[..., -1]).unsqueeze(-1)                  # (B, L, 1)
-        sampled = torch.searchsorted(cdf, target, right=True).squeeze(-1)
-        sampled = sampled.clamp(max=probs.shape[-1] - 1)                     # (B, L)
+        # 1. Sample every position (the softmax of the logits as given when t = 1, as released).
+        logits = logits.float()
+        probs = torch.softmax(logits if sample_temperature == 1 else logits / sample_temperature, dim=-1)
+        last_step = step_index == num_steps - 1
+        sampled, uniforms = self._draw(probs, generators, draw, last_step)    # (B, L), (B, L) or None
 
         # 2. Keep known tokens.
         predicted = torch.where(unknown, sampled, tokens)
@@ -134,13 +166,13 @@ class MaskGITSampler:
         # 4. Re-mask the least confident new tokens (not on the last step).
         count = remask_count(step_index, num_steps, length, unknown.sum(dim=-1),
                              start_ratio, self.schedule)                     # (B,)
-        if step_index == num_steps - 1:
+        if last_step:
             remasked = torch.zeros_like(unknown)
             return StepOutput(predicted, predicted, held, remasked, confidence,
                               sampled, unknown, count)
 
         temp = _per_sample(temperature, batch, device)                      # (B, 1)
-        noisy = confidence + temp * _gumbel(noise[:, 1])
+        noisy = confidence + temp * _gumbel(uniforms)
         noisy = torch.where(unknown, noisy, torch.full_like(noisy, float("inf")))
         ordered = noisy.sort(dim=-1).values
         cut_off = ordered.gather(-1, count.clamp(max=length - 1).unsqueeze(-1))   # (B, 1)
