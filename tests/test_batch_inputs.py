@@ -13,7 +13,7 @@ pytest.importorskip("pyarrow", reason="the batch extra: pip install -e .[batch]"
 
 from editmgt.__main__ import build_parser, main  # noqa: E402
 from editmgt.batch.cli import parse_lambdas, settings_from_args  # noqa: E402
-from editmgt.batch.edit import row_keywords, row_seed, EditJob, unsupported_settings  # noqa: E402
+from editmgt.batch.edit import EditJob, row_keywords, row_seed  # noqa: E402
 from editmgt.batch.inputs import COLUMNS, PRESETS, Preset, image_source, load_preset, preset_table, read_manifest  # noqa: E402
 from editmgt.batch.models import resolve_model  # noqa: E402
 from editmgt.batch.run import file_stem  # noqa: E402
@@ -191,11 +191,6 @@ def test_keywords_per_row_come_from_the_flag_or_the_models_keyword_set():
     assert row_keywords(job, "make the picture grey") is None
     flagged = EditJob(model=model, settings=model.settings.replace(keywords="circle"), base_seed=0)
     assert row_keywords(flagged, "make the red circle blue") == ("circle",)
-
-
-def test_settings_the_pipeline_cannot_take_yet_are_named():
-    assert unsupported_settings(EditSettings()) == []
-    assert unsupported_settings(EditSettings(draw="inverse-cdf")) == ["draw"]
 
 
 def test_output_names_are_safe_and_distinct():

@@ -19,14 +19,11 @@ import numpy as np
 
 from editmgt.batch.inputs import image_source
 from editmgt.batch.models import ModelSource
-from editmgt.errors import InputError
-from editmgt.settings import MAX_SEED, EditSettings, spec
+from editmgt.settings import MAX_SEED, EditSettings
 
 logger = logging.getLogger(__name__)
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-# Settings today's `pipe.sweep` has no argument for: refused unless left at their default.
-NOT_YET_IN_PIPELINE = ("draw", "mask_reference")
 
 
 def row_seed(base_seed: int, row_id: str) -> int:
@@ -36,26 +33,10 @@ def row_seed(base_seed: int, row_id: str) -> int:
     return int.from_bytes(digest[:8], "big") % (MAX_SEED + 1)
 
 
-def unsupported_settings(settings: EditSettings) -> list[str]:
-    """Names of settings changed from their default that `run_edits` cannot pass on yet."""
-    return [name for name in NOT_YET_IN_PIPELINE if getattr(settings, name) != spec(name)["default"]]
-
-
 def run_edits(pipe, image: Any, instruction: str, lambdas: Sequence[float], settings: EditSettings, *,
               seed: int, mask: Any = None, size: Optional[int] = None) -> list:
     """The batch's only call into the pipeline: one edit per lambda as one batch -> EditResults."""
-    unsupported = unsupported_settings(settings)
-    if unsupported:
-        raise InputError(f"this pipeline does not take the setting(s) {unsupported} yet; leave them at their default")
-    blocks = None if settings.hold_blocks is None else range(settings.hold_blocks[0], settings.hold_blocks[1] + 1)
-    return pipe.sweep(
-        image, instruction, list(lambdas),
-        steps=settings.steps, guidance=settings.guidance, gamma=settings.gamma, hold_blocks=blocks,
-        keyword=list(settings.keywords) if settings.keywords else None, smoothing=settings.smoothing,
-        smoothing_strength=settings.smoothing_strength, negative_prompt=settings.negative_prompt,
-        sample_temperature=settings.sample_temperature, keep_unchanged_pixels=settings.keep_unchanged_pixels,
-        seed=seed, mask=mask, size=size,
-    )
+    return pipe.sweep(image, instruction, list(lambdas), settings, seed=seed, mask=mask, size=size)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from editmgt.batch.edit import EditJob, EditWorker, unsupported_settings
+from editmgt.batch.edit import EditJob, EditWorker
 from editmgt.batch.execution import WorkerPlan, map_with_actors, to_dataset
 from editmgt.batch.inputs import EditInputs
 from editmgt.batch.models import ModelSource
@@ -216,9 +216,6 @@ def run_batch(request: BatchRequest, plan: WorkerPlan) -> BatchSummary:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    unsupported = unsupported_settings(request.settings)
-    if unsupported:
-        raise InputError(f"this pipeline does not take the setting(s) {unsupported} yet; leave them at their default")
     start = time.perf_counter()
     out = request.out
     out.mkdir(parents=True, exist_ok=True)
