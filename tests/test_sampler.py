@@ -123,12 +123,13 @@ def test_fully_masked_counts_match_released_table_for_16_steps():
     assert observed == table
 
 
-def test_inverse_cdf_sampling_follows_probabilities():
+@pytest.mark.parametrize("draw", ["released", "inverse-cdf"])
+def test_sampling_follows_probabilities(draw):
     logits = torch.full((1, 4000, 3), -1e4)
     logits[..., 1] = 0.0
     logits[..., 2] = 0.0                                   # tokens 1 and 2 at 1/2 each
     out = MaskGITSampler(MASK).step(logits, torch.full((1, 4000), MASK), 15, 16, 0.0,
-                                    [torch.Generator().manual_seed(0)])
+                                    [torch.Generator().manual_seed(0)], draw=draw)
     picked = out.tokens
     assert set(picked.unique().tolist()) == {1, 2}
     assert abs((picked == 1).float().mean().item() - 0.5) < 0.05
@@ -175,10 +176,13 @@ def test_bad_inputs():
                      hold_lambda=torch.ones(2))
     with pytest.raises(InputError):
         MaskGITSampler(MASK, schedule="square")
+    with pytest.raises(InputError, match="draw"):
+        sampler.step(_logits(0, 2), tokens, 0, N, 1.0, [torch.Generator()] * 2, draw="gumbel")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_step_has_no_host_sync():
+@pytest.mark.parametrize("draw", ["released", "inverse-cdf"])
+def test_cuda_step_has_no_host_sync(draw):
     device = torch.device("cuda")
     gens = [torch.Generator(device=device).manual_seed(i) for i in range(2)]
     logits = _logits(0, 2).to(device)
@@ -190,7 +194,7 @@ def test_cuda_step_has_no_host_sync():
     try:
         out = MaskGITSampler(MASK).step(logits, tokens, 0, N, temps[0], gens,
                                         hold_scores=scores, hold_lambda=lam,
-                                        source_tokens=tokens.clone().fill_(3))
+                                        source_tokens=tokens.clone().fill_(3), draw=draw)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert out.tokens.device.type == "cuda"
