@@ -1,4 +1,11 @@
-"""Command line: `python -m editmgt edit --model DIR_OR_REPO --image IN --instruction TEXT --out OUT`."""
+"""Command line.
+
+    python -m editmgt edit --model DIR_OR_REPO --image IN --instruction TEXT --out OUT
+    python -m editmgt batch (--manifest FILE | --dataset NAME) --model M --out DIR   (Ray Data)
+    python -m editmgt score RUN_DIR --benchmark magicbrush|emu-edit                 (Ray Data)
+
+`batch` and `score` live in `editmgt.batch` and need the `batch` extra (`pip install -e .[batch]`).
+"""
 
 from __future__ import annotations
 
@@ -44,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     edit.add_argument("--attention-out", type=Path, default=None, help="also save the attention map (PNG)")
     edit.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+
+    from editmgt.batch.cli import add_batch_parser, add_score_parser
+
+    add_batch_parser(commands)
+    add_score_parser(commands)
     return parser
 
 
@@ -82,7 +94,16 @@ def run_edit(args: argparse.Namespace) -> dict:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if args.command in ("batch", "score"):
+        from editmgt.batch.cli import run_command
+
+        try:
+            return run_command(args, argv)
+        except (EditMGTError, ValueError) as error:  # ValueError: a malformed checkpoints.yaml (ZooError)
+            logger.error("%s", error)
+            return 2
     try:
         summary = run_edit(args)
     except EditMGTError as error:
