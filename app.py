@@ -41,6 +41,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "or half the free RAM on CPU)")
     p.add_argument("--preload", action="store_true", help="load the start-up model before serving "
                                                          "(always on a Space)")
+    p.add_argument("--cache-lifetime", type=int, default=None, metavar="S",
+                   help="delete uploads and outputs older than this many seconds (default: CACHE_LIFETIME_S "
+                        "in editmgt_app/ui.py); "
+                        "the rest are deleted at shutdown")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -61,12 +65,14 @@ def create_app(args: argparse.Namespace):
     """Zoo, manager, service and Blocks (no weights loaded unless --preload / Space)."""
     import torch
 
+    from editmgt.models.quantize import quiet_bitsandbytes_logs
     from editmgt_app.loading import PipelineLoader
     from editmgt_app.manager import ModelManager
     from editmgt_app.service import EditService
-    from editmgt_app.ui import build_demo
+    from editmgt_app.ui import CACHE_LIFETIME_S, build_demo
     from editmgt_app.zoo import choose_default, load_zoo, parse_checkpoint_flags
 
+    quiet_bitsandbytes_logs()  # before any model load imports bitsandbytes (via diffusers)
     zoo = load_zoo(args.zoo, overrides=parse_checkpoint_flags(args.checkpoint))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype_name = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
@@ -84,23 +90,22 @@ def create_app(args: argparse.Namespace):
     if args.preload or ON_SPACE:
         manager.get(default, args.load_8bit)
     service = EditService(manager)
-    return build_demo(service, default, default_8bit=args.load_8bit), service
+    cache_lifetime = CACHE_LIFETIME_S if args.cache_lifetime is None else args.cache_lifetime
+    return build_demo(service, default, default_8bit=args.load_8bit, cache_lifetime_s=cache_lifetime), service
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from editmgt_app.inputs import MAX_UPLOAD_MB
+    from editmgt_app.ui import launch_options
     from editmgt_app.zoo import ZooError
 
     try:
-        demo, _service = create_app(args)
+        demo, _service = create_app(args)  # queued: one GPU job at a time, no route around the queue
     except ZooError as err:
         logger.error("%s", err)
         sys.exit(2)
-    demo.queue(default_concurrency_limit=1, max_size=64)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share,
-                max_file_size=f"{MAX_UPLOAD_MB}mb", show_error=True)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options())
 
 
 if __name__ == "__main__":

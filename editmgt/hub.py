@@ -123,11 +123,19 @@ def resolve_checkpoint(
 
     `subfolders`: which sub-folders to fetch from the Hub (default: all of DEFAULT_SUBFOLDERS);
     `local_files_only`: None follows HF_HUB_OFFLINE; `cache_dir`: None follows HF_HUB_CACHE.
+    `revision` pins a Hub repo; a local folder holds one version, so a revision with a folder
+    is refused (CheckpointError) rather than silently ignored.
     The weights sub-folders present are checked (config + safetensors) before returning.
     """
     subfolders = tuple(DEFAULT_SUBFOLDERS if subfolders is None else subfolders)
     local = Path(repo_or_dir).expanduser()
     if local.is_dir():
+        if revision is not None:
+            raise CheckpointError(
+                f"revision={revision!r} was given with the local folder {local}, but a folder holds one "
+                "version and cannot be pinned: leave revision out to load the folder as it is, or pass "
+                "the Hub repo id ('owner/name') to load that revision"
+            )
         logger.info("using local checkpoint %s", local)
         return check_checkpoint(local, subfolders)
     repo_id = str(repo_or_dir)

@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 MAX_IMAGE_BYTES = 50 * 2**20  # 50 MiB of encoded file
 MAX_IMAGE_PIXELS = 40_000_000  # ~ 6300 x 6300
+MAX_ASPECT_RATIO = 8.0  # longer side / shorter side; wider panoramas become grids one token thin
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
 
 ImageSource = Union[str, Path, bytes, bytearray, Image.Image, np.ndarray]
@@ -151,14 +152,30 @@ class PreparedImage:
     resized: bool
 
 
+def check_aspect_ratio(image_size: tuple[int, int], what: str = "the image") -> None:
+    """InputError when `image_size` (width, height) is empty or longer than MAX_ASPECT_RATIO
+    times its shorter side (a 1 x 4000 strip would become a grid one token thin)."""
+    w, h = image_size
+    if w <= 0 or h <= 0:
+        raise InputError(f"{what} is empty ({w}x{h} pixels)")
+    ratio = max(w, h) / min(w, h)
+    if ratio > MAX_ASPECT_RATIO:
+        raise InputError(
+            f"{what} is {w}x{h} pixels, an aspect ratio of {ratio:.4g}:1; the limit is {MAX_ASPECT_RATIO:g}:1. "
+            "Crop it (or pad it) to a less elongated shape"
+        )
+
+
 def fit_size(image_size: tuple[int, int], size: Optional[Union[int, tuple[int, int]]], multiple: int) -> tuple[int, int]:
     """(width, height) for the model: multiples of `multiple`, aspect kept.
 
     size None: the image's own size; int n: about n*n pixels at the image's aspect;
     (w, h): that size. Each side is rounded to the nearest multiple (at least one multiple).
+    The image and an explicit (w, h) must be within MAX_ASPECT_RATIO (else InputError).
     """
     if multiple <= 0:
         raise InputError(f"multiple must be positive, got {multiple}")
+    check_aspect_ratio(image_size)
     w, h = image_size
     if size is None:
         target_w, target_h = float(w), float(h)
@@ -171,6 +188,7 @@ def fit_size(image_size: tuple[int, int], size: Optional[Union[int, tuple[int, i
         target_w, target_h = float(size[0]), float(size[1])
         if target_w <= 0 or target_h <= 0:
             raise InputError(f"size must be positive, got {size}")
+        check_aspect_ratio((size[0], size[1]), what="the requested size")
     return (
         max(multiple, int(round(target_w / multiple)) * multiple),
         max(multiple, int(round(target_h / multiple)) * multiple),

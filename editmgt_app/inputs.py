@@ -13,14 +13,18 @@ import numpy as np
 from PIL import Image
 
 from editmgt.errors import InputError
-from editmgt.images import open_image, to_rgb
-from editmgt.settings import MAX_TEXT_CHARS as MAX_INSTRUCTION_CHARS
+from editmgt.images import check_aspect_ratio, open_image, to_rgb
+from editmgt.settings import MAX_TEXT_CHARS as MAX_INSTRUCTION_CHARS  # noqa: F401 - the page's text boxes
+from editmgt.settings import check_text
 
 logger = logging.getLogger(__name__)
 
 MAX_UPLOAD_MB = 20  # passed to launch(max_file_size=...) too
 MAX_PIXELS = 4096 * 4096  # decoded size limit (16.8 megapixels); the library allows more
 MAX_SEED = 2**31 - 1
+# Work of one request: pixels at the model x steps x samples (the edit plus the sweep's lambdas).
+# 16 steps x 25 samples, or 100 steps x 4, at 1024 x 1024: about a minute on one GPU.
+MAX_WORK = 1024 * 1024 * 400
 
 
 @dataclass
@@ -36,6 +40,7 @@ def load_upload(path: Any, *, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX
     if path is None or (isinstance(path, str) and not path.strip()):
         raise InputError("no image: upload, paste or take a photo first")
     raw = open_image(path, max_bytes=max_bytes, max_pixels=max_pixels)
+    check_aspect_ratio(raw.size)  # before any work: thin strips make huge grids and heat-maps
     notes = []
     frames = getattr(raw, "n_frames", 1)
     if frames > 1:
@@ -74,12 +79,22 @@ def _as_array(value: Any) -> np.ndarray:
 
 
 def check_instruction(text: Any, what: str = "instruction") -> str:
-    if text is None or not str(text).strip():
-        raise InputError(f"the {what} is empty: say what to change, e.g. 'make the cat black'")
-    text = str(text).strip()
-    if len(text) > MAX_INSTRUCTION_CHARS:
-        raise InputError(f"the {what} has {len(text)} characters; the limit is {MAX_INSTRUCTION_CHARS}")
-    return text
+    """The stripped instruction (or prompt): `editmgt.settings.check_text` refuses empty,
+    over-long, non-text and not-valid-Unicode (lone surrogate) values."""
+    return check_text(text, what)
+
+
+def check_work(model_size: tuple[int, int], steps: int, samples: int) -> None:
+    """InputError when `samples` edits of `steps` steps at `model_size` (width, height at the
+    model) exceed MAX_WORK, saying which knobs bring it down."""
+    w, h = model_size
+    work = w * h * steps * samples
+    if work > MAX_WORK:
+        raise InputError(
+            f"this request is too much work: {w}x{h} pixels at the model x {steps} steps x {samples} "
+            f"sample(s) = {work / 1e6:,.0f} megapixel-steps; the limit is {MAX_WORK / 1e6:,.0f}. "
+            "Use fewer steps, fewer sweep lambdas, or turn the sweep off"
+        )
 
 
 def check_number(name: str, value: Any, low: float, high: float, *, integer: bool = False) -> float | int:

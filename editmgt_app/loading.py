@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import torch
 
+from editmgt.errors import CheckpointError
 from editmgt_app.manager import ComponentKey
 from editmgt_app.zoo import Entry, Resolved
 
@@ -36,6 +37,26 @@ def builtin_folder(name: str) -> Path:
 
     with _build_lock:
         return make_tiny_checkpoint(cache_dir() / "tiny-seed0", seed=0)
+
+
+def read_scheduler_config(path: Path, where: str) -> dict:
+    """The checkpoint's scheduler settings (mask token id, masking schedule): {} when the
+    file is absent; a CheckpointError naming the file (`where` + its name, not the server
+    path) and what is wrong when it is not a JSON object."""
+    if not path.is_file():
+        return {}
+    name = f"{where}{path.name}"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise CheckpointError(f"the checkpoint's {name} is not UTF-8 text: restore it from the checkpoint") from None
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"the checkpoint's {name} is not valid JSON ({err.msg} at line {err.lineno}, "
+                              f"column {err.colno}): fix it, or restore it from the checkpoint") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"the checkpoint's {name} must hold a JSON object ({{\"mask_token_id\": ..., "
+                              f"\"masking_schedule\": ...}}), got a {type(config).__name__}")
+    return config
 
 
 class PipelineLoader:
@@ -101,8 +122,7 @@ class PipelineLoader:
             return text
         if key.role == "scheduler":
             root = self._root(key, (key.subfolder,))
-            path = root / key.subfolder / "scheduler_config.json"
-            return json.loads(path.read_text()) if path.is_file() else {}
+            return read_scheduler_config(root / key.subfolder / "scheduler_config.json", f"{key.subfolder}/")
         raise ValueError(f"unknown component role {key.role!r}")
 
     def _quantise(self, key: ComponentKey, module: torch.nn.Module) -> torch.nn.Module:

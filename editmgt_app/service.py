@@ -22,7 +22,7 @@ from editmgt.sampling.sampler import MIN_SAMPLE_TEMPERATURE
 from editmgt.sampling.smoothing import METHODS as SMOOTHING_METHODS
 from editmgt_app import plots
 from editmgt_app.gpu import edit_duration, gpu
-from editmgt_app.inputs import (MAX_PIXELS, MAX_SEED, check_instruction, check_number, load_upload,
+from editmgt_app.inputs import (MAX_PIXELS, MAX_SEED, check_instruction, check_number, check_work, load_upload,
                                 parse_keywords, parse_lambdas)
 from editmgt_app.manager import ModelManager, ModelUnavailable, free_memory
 
@@ -240,6 +240,7 @@ class EditService:
         hold_blocks = self._hold_blocks(entry, pipe, hold_first, hold_last)
         lam = settings["hold_lambda"]
         lambdas = [lam] + [x for x in (sweep or ()) if abs(x - lam) > 1e-9]
+        check_work(pipe.model_size(upload.image.size), settings["steps"], len(lambdas))
         t0 = time.perf_counter()
         results = self._sweep(pipe, (entry.id, bool(load_8bit)), upload, instruction, lambdas, settings, mask,
                               hold_blocks, keyword, negative_prompt, progress, entry.defaults.resolution)
@@ -256,7 +257,7 @@ class EditService:
         if sweep:
             by_lambda = sorted(results, key=lambda r: r.hold_lambda)
             out.rows = [self.row(r) for r in by_lambda]
-            out.sweep_images = [(r.image, f"lambda {r.hold_lambda:g}") for r in by_lambda]
+            out.sweep_images = [(plots.bounded(r.image), f"lambda {r.hold_lambda:g}") for r in by_lambda]
             baseline = self.vq_round_trip_l1(pipe, upload.image, result)
             info["vq_round_trip_l1"] = None if baseline is None else round(baseline, 6)
             out.curve = plots.lambda_curve([r.hold_lambda for r in by_lambda], [r.l1_to_source for r in by_lambda],

@@ -1,25 +1,36 @@
-"""The Gradio page and the named API endpoints (/edit, /sweep, /generate, /models).
+"""The Gradio page and the named API endpoints (/edit, /sweep, /generate, /models), also
+served as MCP tools (edit, sweep, generate, models) at /gradio_api/mcp.
 
 The page's own events are private; the API endpoints are separate events on hidden
 components whose optional parameters default to None (= the chosen model's defaults), so
 a `gradio_client` call needs only image, instruction and model. All GPU work shares one
-concurrency group of size 1: the queue serialises it.
+concurrency group of size 1 and runs only through the queue: Gradio's direct REST route,
+which would bypass it, is closed. Uploads and outputs are deleted after CACHE_LIFETIME_S
+and at shutdown; messages shown to users never hold a server path.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
+import inspect
 import json
 import logging
+import re
+import reprlib
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import gradio as gr
+from gradio.components.image import ImageData
+from gradio.utils import get_upload_folder, is_in_or_equal
 from PIL import Image
+from pydantic import ValidationError
 
+from editmgt import settings
 from editmgt.errors import InputError
 from editmgt.sampling.sampler import MIN_SAMPLE_TEMPERATURE
-from editmgt_app.inputs import MAX_INSTRUCTION_CHARS, mask_from_editor, parse_block, parse_lambdas
+from editmgt_app.inputs import MAX_INSTRUCTION_CHARS, MAX_UPLOAD_MB, mask_from_editor, parse_block, parse_lambdas
 from editmgt_app.manager import ModelLoadError, ModelUnavailable
 from editmgt_app.service import DEFAULT_SWEEP, MAX_STEPS, SMOOTHING_CHOICES, EditService, OutOfMemory
 
@@ -27,48 +38,161 @@ logger = logging.getLogger(__name__)
 
 GPU = dict(concurrency_id="gpu", concurrency_limit=1)
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+QUEUE_SIZE = 64  # requests waiting at most; more are told the queue is full
+CACHE_LIFETIME_S = 3600  # uploads and outputs older than this are deleted (all of them at shutdown)
+MAX_SESSIONS = 1000  # client sessions whose state the server keeps (about 210 KB each); the oldest go first
+IMAGE_FORMATS = "PNG, JPEG, WebP, GIF, BMP or TIFF"
+
+
+def launch_options() -> dict:
+    """What `demo.launch` takes besides host and port: the upload limit, the bound on
+    sessions kept in memory, the MCP server, and Gradio's error texts shown to the user."""
+    return dict(max_file_size=f"{MAX_UPLOAD_MB}mb", state_session_capacity=MAX_SESSIONS, mcp_server=True,
+                show_error=True)
+
+
+# ---------------------------------------------------------------------- messages users see
+_SERVER_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s/'\"`,;:()\[\]{}<>]+/)+[^\s/'\"`,;:()\[\]{}<>]*")
+
+
+def public_message(text: str) -> str:
+    """`text` with every absolute server path shortened: an upload to its file name (the
+    name it was uploaded under), any other path to '.../' and its last part."""
+    uploads = get_upload_folder()
+
+    def short(match: re.Match) -> str:
+        path = match.group(0)
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        return name if is_in_or_equal(path, uploads) else f".../{name}"
+
+    return _SERVER_PATH.sub(short, text)
+
+
+def _no_upload(value: Any) -> gr.Error:
+    return gr.Error(f"the image must be an uploaded file, got {public_message(reprlib.repr(value))}: upload a "
+                    f"{IMAGE_FORMATS} file (gradio_client: handle_file(path); MCP: an http(s) or data: URL)")
+
+
+class _UploadedImage(ImageData):
+    """Gradio's image payload whose validation failure (a value that is no file at all) is a
+    gr.Error saying what to send, instead of pydantic's dump of the model."""
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> ImageData:
+        try:
+            return super().model_validate(obj, **kwargs)
+        except ValidationError:
+            raise _no_upload(obj) from None
 
 
 def checked_image(**kwargs) -> gr.Image:
-    """gr.Image(type="filepath", image_mode=None) whose upload errors (not an image, corrupt,
-    decompression bomb) become a specific gr.Error instead of a generic failure. The
-    component's own preprocess is wrapped on the instance (a subclass would make Gradio
-    write a .pyi stub next to this module)."""
+    """gr.Image(type="filepath", image_mode=None) whose upload errors (no file, a path that
+    was not uploaded, not an image, corrupt, decompression bomb) become a specific gr.Error
+    instead of a generic failure. The component's own preprocess is wrapped on the instance
+    (a subclass would make Gradio write a .pyi stub next to this module)."""
     component = gr.Image(type="filepath", image_mode=None, format="png", **kwargs)
+    component.data_model = _UploadedImage
     preprocess = component.preprocess
 
     def checked(payload):
+        name = getattr(payload, "orig_name", None) or "the upload"
+        path = getattr(payload, "path", None)
+        if payload is not None and path is None and not getattr(payload, "url", None):
+            raise _no_upload(payload.model_dump(exclude_none=True, exclude={"meta", "is_stream"}))
+        if path is not None and not is_in_or_equal(path, component.GRADIO_CACHE):
+            # Gradio checks uploaded files only when the payload is marked as one; an unmarked
+            # payload could name any file on the server.
+            raise gr.Error(f"{public_message(str(path))} was not uploaded to this server: upload the image "
+                           "(the page, gradio_client's handle_file, or a URL) instead of naming a path")
         try:
             return preprocess(payload)
         except gr.Error:
             raise
         except Image.DecompressionBombError as err:
-            raise gr.Error(f"the image was refused as a decompression bomb: {err}") from None
+            raise gr.Error(f"the image was refused as a decompression bomb: {err}; upload a smaller image") from None
         except Exception as err:  # noqa: BLE001 - PIL raises many types for bad files
-            name = getattr(payload, "orig_name", None) or "the upload"
-            raise gr.Error(f"{name!s} is not an image that can be read ({type(err).__name__}: {err}); "
-                           "use PNG, JPEG, WebP, GIF, BMP or TIFF") from None
+            raise gr.Error(public_message(f"{name!s} is not an image that can be read ({type(err).__name__}: {err}); "
+                                          f"use {IMAGE_FORMATS}")) from None
 
     component.preprocess = checked
     return component
 
 
+def json_input(schema: dict, **kwargs) -> gr.JSON:
+    """gr.JSON for an API argument that announces `schema` (valid JSON Schema, so MCP clients
+    and gradio_client know the type) instead of Gradio's `{"type": {}}`, which MCP rejects."""
+    component = gr.JSON(**kwargs)
+    component.api_info = lambda: copy.deepcopy(schema)
+    return component
+
+
 def user_errors(fn):
-    """Turn the errors a user can act on into gr.Error with their message; the app keeps serving."""
+    """Turn the errors a user can act on into gr.Error with their message, without server
+    paths; the app keeps serving."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
+        except gr.Error as err:
+            message = public_message(str(err.message))
+            if message == err.message:
+                raise
+            raise gr.Error(message) from None
         except (InputError, ModelUnavailable, ModelLoadError, OutOfMemory) as err:
-            raise gr.Error(str(err)) from None
+            logger.info("%s refused: %s", fn.__name__, err)  # the full text, paths included, for the operator
+            raise gr.Error(public_message(str(err))) from None
         except Exception as err:  # noqa: BLE001 - report, keep serving
             logger.exception("unexpected error in %s", fn.__name__)
-            raise gr.Error(f"internal error: {type(err).__name__}: {err}") from None
+            raise gr.Error(public_message(f"internal error: {type(err).__name__}: {err}") +
+                           " (a bug, not your input: the server log has the details)") from None
 
     return wrapper
+
+
+def endpoint(name: str, summary: str, returns: str, **args: str) -> Callable:
+    """Name and document an API handler. `name` is its MCP tool name (Gradio names tools
+    after the function). The docstring it writes (summary, an Args line per argument,
+    Returns) is what gradio_client's view_api and MCP clients show: an argument that is an
+    edit setting takes its meaning from `editmgt.settings`, the others from `args`."""
+
+    def document(fn: Callable) -> Callable:
+        params = [p for p in inspect.signature(fn).parameters if p != "progress"]
+        missing = [p for p in params if p not in args and p not in settings.names()]
+        if missing:
+            raise TypeError(f"endpoint {name!r}: describe argument(s) {missing}")
+        lines = [summary]
+        if params:
+            lines += ["", "Args:"] + [f"    {p}: {args.get(p) or _setting_meaning(p)}" for p in params]
+        fn.__name__ = fn.__qualname__ = name
+        fn.__doc__ = "\n".join(lines + ["", "Returns:", f"    {returns}"])
+        return fn
+
+    return document
+
+
+def _setting_meaning(name: str) -> str:
+    return f"{settings.spec(name)['help']}; blank = the model's default (see models)"
+
+
+# What the API's arguments mean, where they are not edit settings (those are in editmgt.settings).
+API_ARGS = dict(
+    image=f"the photo to edit, a {IMAGE_FORMATS} file (bounded in bytes, pixels and aspect ratio)",
+    instruction="what to change, in English, e.g. 'make the cat black'",
+    model="id of the model in the zoo (see models); blank = the model the app started with",
+    hold_first="first transformer block whose text-to-image attention localises the edit; "
+               "blank = the model's default range",
+    hold_last="last transformer block of that range (inclusive); blank = the model's default range",
+    keyword="word(s) of the instruction, separated by commas, whose attention localises the edit; "
+            "blank = the model's keyword set, or every word",
+    negative_prompt="what classifier-free guidance steers away from; blank = the released negative prompt",
+    seed="random seed (a whole number); blank or -1 = a new random seed, returned in the info",
+    mask="optional image of the photo's size: white or opaque = the region to edit, the rest is kept",
+    load_8bit="true: run the model with 8-bit weights (about half the memory, slightly different results)",
+    lambdas="list of region-hold thresholds in [0, 1] (see hold_lambda), one edit each, all with one seed; "
+            "blank = the default grid",
+    prompt="what to draw, in English, e.g. 'a red bicycle'",
+)
 
 
 def _progress_fn(progress: Optional[gr.Progress]):
@@ -98,7 +222,7 @@ def _opt(value: Any) -> Any:
 
 
 def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
-               default_8bit: bool = False) -> gr.Blocks:
+               default_8bit: bool = False, cache_lifetime_s: int = CACHE_LIFETIME_S) -> gr.Blocks:
     zoo = service.manager.zoo
     choices = [(zoo[m].label, m) for m in zoo.ids]
     t2i_default = next((m for m in zoo.ids if zoo[m].task == "text-to-image" and service.manager.resolve(m).available),
@@ -106,6 +230,10 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
     d0 = zoo[default_model].defaults
 
     # ------------------------------------------------------------------ API handlers
+    @endpoint("edit", "Edit a photo as an instruction says. Only image and instruction are needed; every other "
+              "argument defaults to the model's recommendation (see models).",
+              "the edited image (PNG), the attention heat-map over the photo with the held region outlined, "
+              "and JSON info (l1_to_source, changed_fraction, seed, seconds, notes, ...)", **API_ARGS)
     @user_errors
     def api_edit(image: str, instruction: str, model: str, steps: Optional[float] = None,
                  guidance: Optional[float] = None, gamma: Optional[float] = None,
@@ -115,10 +243,6 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
                  seed: Optional[float] = None, mask: Optional[str] = None, load_8bit: bool = False,
                  sample_temperature: Optional[float] = None, keep_unchanged_pixels: Optional[bool] = None,
                  progress=gr.Progress()):
-        """Edit a photo. Only image, instruction and model are needed; every other value
-        defaults to the model's recommendation (see /models). keep_unchanged_pixels: true keeps
-        the photo's own pixels wherever no token changed. Returns the edited image (PNG), the
-        attention heat-map and JSON info (l1_to_source, seconds, seed, changed_fraction...)."""
         out = service.edit(
             image, instruction, model, steps=steps, guidance=guidance, gamma=gamma, hold_lambda=hold_lambda,
             hold_first=hold_first, hold_last=hold_last, keyword=_opt(keyword), smoothing=_opt(smoothing),
@@ -127,31 +251,36 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
             keep_unchanged_pixels=keep_unchanged_pixels, progress=_progress_fn(progress))
         return out.edited, out.heatmap, out.info
 
+    @endpoint("sweep", "Edit a photo once per lambda (one batch where memory allows, one seed), to see how "
+              "region-hold trades the edit against keeping the rest of the photo.",
+              "JSON rows {lambda, l1_to_source, l1_to_reconstruction, changed_fraction, seed}, the edited "
+              "images and the L1-vs-lambda plot", **API_ARGS)
     @user_errors
     def api_sweep(image: str, instruction: str, model: str, lambdas: Optional[Any] = None,
                   steps: Optional[float] = None, guidance: Optional[float] = None, gamma: Optional[float] = None,
                   keyword: Optional[str] = None, seed: Optional[float] = None, load_8bit: bool = False,
                   sample_temperature: Optional[float] = None, keep_unchanged_pixels: Optional[bool] = None,
                   progress=gr.Progress()):
-        """Edit once per lambda (one batch where memory allows, one seed). Returns JSON rows
-        {lambda, l1_to_source, l1_to_reconstruction, changed_fraction, seed}, the images and
-        the L1-vs-lambda plot."""
         out = service.sweep(image, instruction, model, lambdas, steps=steps, guidance=guidance, gamma=gamma,
                             keyword=_opt(keyword), seed=seed, load_8bit=bool(load_8bit),
                             sample_temperature=sample_temperature, keep_unchanged_pixels=keep_unchanged_pixels,
                             progress=_progress_fn(progress))
         return out.rows, out.sweep_images, out.curve
 
+    @endpoint("generate", "Draw an image from a text prompt (the text-to-image entries of the zoo, e.g. "
+              "Meissonic; any entry works).", "the image (PNG) and JSON info (seed, seconds, ...)",
+              **dict(API_ARGS, model="id of the model in the zoo (see models); blank = the first available "
+                                     "text-to-image model"))
     @user_errors
     def api_generate(prompt: str, model: str, steps: Optional[float] = None, guidance: Optional[float] = None,
                      seed: Optional[float] = None, load_8bit: bool = False, progress=gr.Progress()):
-        """Text to image (stage-1 / Meissonic entries; any entry works). Returns image and JSON info."""
         return service.generate(prompt, model, steps=steps, guidance=guidance, seed=seed,
                                 load_8bit=bool(load_8bit), progress=_progress_fn(progress))
 
+    @endpoint("models", "List the model zoo: the ids to pass as model, with each entry's task and status.",
+              "one JSON object per model: id, label, task, state (loading / ready / failed / unavailable) and "
+              "why, device, dtype, memory and the recommended settings")
     def api_models():
-        """The zoo with each entry's status (loading / ready / failed / unavailable and why),
-        device, dtype, memory and recommended defaults."""
         return service.models()
 
     # ------------------------------------------------------------------ page handlers
@@ -203,7 +332,9 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
 
     # ------------------------------------------------------------------ layout
     examples = load_examples()
-    with gr.Blocks(title=title) as demo:
+    # Uploads and outputs older than cache_lifetime_s are deleted (checked four times per
+    # lifetime), and every file the app created is deleted when the server shuts down.
+    with gr.Blocks(title=title, delete_cache=(max(1, cache_lifetime_s // 4), cache_lifetime_s)) as demo:
         gr.Markdown(
             f"# {title}: edit a photo with a sentence\n"
             "A masked generative transformer edits the photo; the attention map shows where it decided to "
@@ -317,7 +448,7 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
               [slider, heat, curve, gallery, info, seed, status], api_visibility="private", **GPU)
         t2i_run.click(ui_generate, [prompt, t2i_model, t2i_steps, t2i_guidance, t2i_seed, t2i_random, t2i_8bit],
                       [t2i_image, t2i_info, t2i_seed, status], api_visibility="private", **GPU)
-        refresh.click(api_models, None, models_json, api_visibility="private", queue=False)
+        refresh.click(lambda: service.models(), None, models_json, api_visibility="private", queue=False)
         demo.load(lambda: (status_markdown(default_model), service.models()), None, [status, models_json],
                   api_visibility="private", queue=False)
 
@@ -339,9 +470,11 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
             a_seed = gr.Number(value=None, label="seed")
             a_mask = checked_image(label="mask")
             a_8bit = gr.Checkbox(value=False, label="load_8bit")
-            a_lambdas = gr.JSON(value=None, label="lambdas")
+            a_lambdas = json_input({"anyOf": [{"type": "array", "items": {"type": "number"}}, {"type": "null"}]},
+                                   value=None, label="lambdas")
             a_temperature = gr.Number(value=None, label="sample_temperature")
-            a_keep = gr.JSON(value=None, label="keep_unchanged_pixels")  # true / false / null: the model's
+            a_keep = json_input({"anyOf": [{"type": "boolean"}, {"type": "null"}]}, value=None,
+                                label="keep_unchanged_pixels")  # true / false / null: the model's
             a_prompt = gr.Textbox(label="prompt")
             a_t2i_model = gr.Dropdown(choices=zoo.ids, value=t2i_default, label="model",
                                       allow_custom_value=True)
@@ -364,4 +497,6 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
         trigger.click(api_generate, [a_prompt, a_t2i_model, a_steps, a_guidance, a_seed, a_8bit],
                       [o_generated, o_info], api_name="generate", **GPU)
         trigger.click(api_models, None, o_models, api_name="models", queue=False)
-    return demo
+    # Model work runs only through the queue: api_open=False closes Gradio's direct route
+    # (POST /gradio_api/run/<name>), which runs queued events at once, beside the queue.
+    return demo.queue(api_open=False, max_size=QUEUE_SIZE, default_concurrency_limit=1)

@@ -325,8 +325,9 @@ def _parse_source(raw: Any, where: str) -> Source:
             raise ZooError(f"{where}: field 'repo' must look like owner/name, got {src.repo!r}")
         if not src.revision:
             raise ZooError(f"{where}: field 'revision' is missing (pin the Hub repo to a commit)")
-        if not _SHA_RE.match(src.revision):
-            logger.warning("%s: revision %r is not a commit id; the download is not pinned", where, src.revision)
+        if not _SHA_RE.match(src.revision):  # allowed (e.g. while a commit is being verified); said once per load
+            logger.info("%s: revision %r is a branch or tag, not a commit id: downloads follow it", where,
+                        src.revision)
     elif src.revision:
         raise ZooError(f"{where}: field 'revision' only applies to a Hub 'repo'")
     if src.builtin and src.builtin not in BUILTINS:

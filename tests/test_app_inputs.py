@@ -5,7 +5,8 @@ import pytest
 from PIL import Image
 
 from editmgt.errors import InputError
-from editmgt_app.inputs import check_number, mask_from_editor, parse_block, parse_keywords, parse_lambdas
+from editmgt.images import MAX_ASPECT_RATIO
+from editmgt_app.inputs import check_number, load_upload, mask_from_editor, parse_block, parse_keywords, parse_lambdas
 from editmgt_app.plots import heatmap_overlay, lambda_curve
 
 
@@ -67,3 +68,14 @@ def test_heatmap_outlines_the_held_region_and_curve_renders():
     assert enlarged.size == (320, 240) and (np.asarray(enlarged) == [0, 255, 255]).all(-1).any()
     curve = lambda_curve([0, 0.5, 1], [0.3, 0.2, 0.1], current=0.25, baseline=0.1)
     assert curve.size == (520, 360)
+
+
+def test_upload_with_an_extreme_aspect_ratio_is_refused(tmp_path):
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (4000, 1)).save(strip)
+    with pytest.raises(InputError, match=rf"4000x1 pixels, an aspect ratio of 4000:1; the limit is "
+                                         rf"{MAX_ASPECT_RATIO:g}:1"):
+        load_upload(str(strip))
+    at_limit = tmp_path / "wide.png"
+    Image.new("RGB", (int(MAX_ASPECT_RATIO) * 8, 8)).save(at_limit)
+    assert load_upload(str(at_limit)).image.size == (int(MAX_ASPECT_RATIO) * 8, 8)

@@ -25,6 +25,15 @@ def test_local_folder_used_as_is(tiny_checkpoint: Path) -> None:
     assert resolve_checkpoint(str(tiny_checkpoint)) == tiny_checkpoint
 
 
+def test_revision_with_a_local_folder_is_refused(tiny_checkpoint: Path) -> None:
+    """A folder holds one version: a revision given with it would be silently ignored."""
+    with pytest.raises(CheckpointError) as err:
+        resolve_checkpoint(tiny_checkpoint, revision=REVISION)
+    message = str(err.value)
+    assert f"revision={REVISION!r}" in message and "local folder" in message
+    assert "leave revision out" in message and "Hub repo id" in message
+
+
 def test_offline_pinned_revision_from_cache(offline_cache: Path) -> None:
     assert hub_offline()
     root = resolve_checkpoint(REPO, revision=REVISION)

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from editmgt.errors import InputError
-from editmgt.images import changed_alpha, fit_size, keep_unchanged, load_image, load_mask, prepare_image
+from editmgt.images import (MAX_ASPECT_RATIO, changed_alpha, fit_size, keep_unchanged, load_image, load_mask,
+                            prepare_image)
 
 
 def _png(image: Image.Image, **kwargs) -> bytes:
@@ -158,6 +159,29 @@ def test_prepare_image_resizes_to_multiples(caplog: pytest.LogCaptureFixture) ->
     assert fit_size((5, 5), None, 16) == (16, 16)
     with pytest.raises(InputError):
         fit_size((5, 5), 0, 16)
+
+
+@pytest.mark.parametrize("image_size", [(1, 4000), (300, 1), (int(MAX_ASPECT_RATIO) * 100 + 1, 100)])
+def test_fit_size_refuses_extreme_aspect_ratios(image_size: tuple[int, int]) -> None:
+    """A thin strip would become a grid one token thin (and 1 x 4000 about 4000 tokens long)."""
+    w, h = image_size
+    with pytest.raises(InputError) as err:
+        fit_size(image_size, 1024, 16)
+    message = str(err.value)
+    assert f"{w}x{h} pixels" in message and f"{max(w, h) / min(w, h):.4g}:1" in message
+    assert f"the limit is {MAX_ASPECT_RATIO:g}:1" in message and "Crop" in message
+    with pytest.raises(InputError, match="aspect ratio"):
+        fit_size(image_size, None, 16)
+    with pytest.raises(InputError, match="the requested size is 16x4096 pixels"):
+        fit_size((100, 100), (16, 4096), 16)
+
+
+def test_fit_size_at_the_aspect_limit_keeps_about_size_squared_pixels() -> None:
+    ratio = int(MAX_ASPECT_RATIO)
+    w, h = fit_size((ratio * 100, 100), 1024, 16)
+    assert w % 16 == 0 and h % 16 == 0 and round(w / h) == ratio
+    assert 0.9 * 1024**2 <= w * h <= 1.1 * 1024**2
+    assert fit_size((100, ratio * 100), 64, 16) == (16, 16 * round(64 * ratio**0.5 / 16))
 
 
 def test_mask_white_and_alpha() -> None:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from editmgt.models.quantize import QuantizeReport, module_bytes, quantize_8bit
+from editmgt.models.quantize import (LIBRARY_NOTICES, QuantizeReport, module_bytes, quantize_8bit,
+                                     quiet_bitsandbytes_logs)
 
 bnb = pytest.importorskip("bitsandbytes")
 
@@ -56,3 +61,44 @@ def test_text_encoders_close(tiny_checkpoint: Path) -> None:
     for a, b in ((reference.states, quantized.states), (reference.pooled, quantized.pooled)):
         cos = torch.nn.functional.cosine_similarity(a.flatten(1).float(), b.flatten(1).float())
         assert (cos > 0.99).all(), cos
+
+
+EIGHT_BIT_RUN = """
+import logging, sys
+logging.basicConfig(level=logging.DEBUG, stream=sys.stdout, format="%(levelname)s %(name)s: %(message)s")
+import torch
+from torch import nn
+from editmgt.models.quantize import quantize_8bit
+mlp = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 8))
+quantize_8bit(mlp)
+mlp.eval()  # inference: bitsandbytes' MatMul8bitLt, which announces its cast on every call
+with torch.no_grad():
+    for _ in range(20):
+        mlp(torch.randn(4, 16))
+"""
+
+
+def test_bitsandbytes_notices_are_logged_once_not_on_every_matmul() -> None:
+    """A fresh process (bitsandbytes' import-time notice fires once per process): 20 passes
+    through two int8 layers used to print 40 cast warnings, and the import a remote-kernel
+    warning; now the cast is one INFO line and nothing from bitsandbytes is a warning."""
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root), HF_HUB_OFFLINE="1")
+    run = subprocess.run([sys.executable, "-c", EIGHT_BIT_RUN], capture_output=True, text=True, env=env,
+                         cwd=root, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.splitlines()
+    cast = [line for line in lines if "MatMul8bitLt: inputs will be cast" in line]
+    assert len(cast) == 1 and cast[0].startswith("INFO editmgt.models.quantize:"), cast
+    library = [line for line in lines if line.split(" ")[0] in ("WARNING", "ERROR")
+               and line.split(" ")[1].startswith(("bitsandbytes", "kernels"))]
+    assert library == []
+    kernel = [line for line in lines if "kernels-community" in line]
+    assert all(line.startswith("DEBUG editmgt.models.quantize:") for line in kernel), kernel
+
+
+def test_quiet_bitsandbytes_logs_installs_each_filter_once() -> None:
+    quiet_bitsandbytes_logs()
+    quiet_bitsandbytes_logs()
+    for name, text, _level in LIBRARY_NOTICES:
+        assert sum(getattr(f, "text", None) == text for f in logging.getLogger(name).filters) == 1

@@ -16,6 +16,45 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
+# bitsandbytes notices that repeat on every forward pass or concern a feature editmgt never uses:
+# (library logger, text the message contains, level at which editmgt logs the first one).
+LIBRARY_NOTICES: tuple[tuple[str, str, int], ...] = (
+    # int8 layers cast float32 inputs to float16: expected on the CPU, said on every matmul
+    ("bitsandbytes.autograd._functions", "MatMul8bitLt: inputs will be cast", logging.INFO),
+    # at import, on CPUs with AVX512-BF16, bitsandbytes asks the Hub for a remote 4-bit kernel;
+    # editmgt uses int8 only and never trusts remote code, so the refusal is no news
+    ("bitsandbytes.backends.cpu.ops", "gemm_4bit_forward from kernels-community", logging.DEBUG),
+    ("kernels._internals.hf_hub", "kernels-community/quantization-bitsandbytes", logging.DEBUG),
+)
+
+
+class _FirstNoticeOnly(logging.Filter):
+    """Drops a library logger's records that contain `text`; the first one is logged again,
+    once, by editmgt at `level`."""
+
+    def __init__(self, text: str, level: int) -> None:
+        super().__init__()
+        self.text, self.level, self.seen = text, level, False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self.text not in message:
+            return True
+        if not self.seen:
+            self.seen = True
+            logger.log(self.level, "%s: %s (said once; repeats are dropped)", record.name, message)
+        return False
+
+
+def quiet_bitsandbytes_logs() -> None:
+    """Log each of LIBRARY_NOTICES once, at its level, instead of as a warning every time. Call
+    before bitsandbytes is imported (diffusers imports it when loading any model) to catch its
+    import-time notice too; calling again does nothing."""
+    for name, text, level in LIBRARY_NOTICES:
+        library_logger = logging.getLogger(name)
+        if not any(isinstance(f, _FirstNoticeOnly) and f.text == text for f in library_logger.filters):
+            library_logger.addFilter(_FirstNoticeOnly(text, level))
+
 
 @dataclass(frozen=True)
 class QuantizeReport:
@@ -46,6 +85,7 @@ def _skipped(name: str, skip: Sequence[str]) -> bool:
 
 
 def _to_int8(linear: nn.Linear, threshold: float) -> nn.Module:
+    quiet_bitsandbytes_logs()
     import bitsandbytes as bnb
 
     device = linear.weight.device
