@@ -31,6 +31,7 @@ from PIL import Image
 from editmgt.errors import CheckpointError, InputError
 from editmgt.hub import DEFAULT_SUBFOLDERS, resolve_checkpoint
 from editmgt.images import changed_alpha, fit_size, keep_unchanged, load_image, load_mask, to_tensor
+from editmgt.models.quantize import quiet_bitsandbytes_logs
 from editmgt.models.text_encoders import TextConditioner, TextEmbeddings
 from editmgt.models.transformer import AttentionProbe, EditMGTTransformer, TransformerOutput
 from editmgt.models.vq import VQTokenizer
@@ -214,6 +215,7 @@ class EditMGTPipeline:
         `transformer/` (Meissonic layout); `transformer_subfolder` overrides the choice.
         """
         device = _device(device)
+        quiet_bitsandbytes_logs()  # before diffusers imports bitsandbytes: its notices once, not per call
         subfolders = None  # every known component folder
         if transformer_subfolder:  # this transformer folder and the shared components, nothing else
             shared = tuple(name for name in DEFAULT_SUBFOLDERS if name not in ("editmgt", "transformer"))
