@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from editmgt.data.shapes import KEYWORD_SETS
+from editmgt.research.shapes.data import KEYWORD_SETS
 from editmgt.sampling.sampler import MIN_SAMPLE_TEMPERATURE
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class Defaults:
     smoothing_strength: float = 1.0
     resolution: int = 1024
     # the words region-hold reads when the keyword box is blank: a keyword set of
-    # editmgt.data.shapes.KEYWORD_SETS (for models trained on that vocabulary); None = all rows
+    # editmgt.research.shapes.data.KEYWORD_SETS (for models trained on that vocabulary); None = all rows
     keywords: Optional[str] = None
     # the sampler draws tokens from softmax(logits / t); 1 is the released sampler
     sample_temperature: float = 1.0

@@ -1,6 +1,6 @@
 """Probes of a shapes EditMGT's internals: does the instruction reach the tokens it names?
 
-    python -m editmgt.eval.probes --model DIR [--n 280] [--seed 0]
+    python -m editmgt.research.shapes.probes --model DIR [--n 280] [--seed 0]
 
 - `text_stream_similarity`: after each block, the mean cosine (after LayerNorm) between the
   text-stream rows that hold the instruction's words, and their mean norm. A cosine of 1
@@ -47,10 +47,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from editmgt.data import shapes as data
-from editmgt.eval.shapes import (STYLE_SATURATION, EvalSettings, channel_spread, check_edit, erode,
-                                 has_shape, untouched_shapes)
-from editmgt.train.shapes import agreement_mask
+from editmgt.research.shapes import data
+from editmgt.research.shapes.checks import (STYLE_SATURATION, channel_spread, check_edit, erode, has_shape,
+                                            untouched_shapes)
+from editmgt.research.shapes.eval import EvalSettings
+from editmgt.research.shapes.tokens import agreement_mask
 
 
 @torch.inference_mode()
@@ -348,7 +349,7 @@ def parse_phrasing(text: str) -> tuple[str, str]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m editmgt.eval.probes", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m editmgt.research.shapes.probes", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="checkpoint folder (e.g. checkpoints/tiny-shapes)")
     parser.add_argument("--n", type=int, default=280, help="triples for the first-step accuracy")
     parser.add_argument("--seed", type=int, default=0)
