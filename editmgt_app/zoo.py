@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -137,12 +137,6 @@ class Zoo:
     @property
     def ids(self) -> list[str]:
         return list(self.entries)
-
-    def with_entries(self, *entries: Entry) -> "Zoo":
-        """A copy with extra (or replaced) entries; used by tests and embedding code."""
-        merged = dict(self.entries)
-        merged.update({e.id: e for e in entries})
-        return replace(self, entries=merged)
 
     def resolve(self, model_id: str, hub_reachable: Callable[[], bool] = lambda: False,
                 environ: Optional[dict] = None) -> Resolved:
