@@ -368,3 +368,35 @@ def test_the_library_does_not_import_the_research_package():
                     found.setdefault(str(path.relative_to(root)), set()).add(name)
     assert len(files) > 20
     assert found == allowed
+
+
+def test_the_model_card_names_what_exists():
+    """docs/SHAPES.md: every command it gives parses, every flag it names is one of those
+    commands', every file or folder it names exists, and every knob it names is a field."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from editmgt.research.shapes import eval as shapes_eval
+    from editmgt.research.shapes import probes, recipe, train
+    from editmgt.train.objective import ObjectiveConfig
+
+    root = Path(__file__).resolve().parents[1]
+    card = (root / "docs" / "SHAPES.md").read_text()
+    parsers = {"train": train.build_parser(), "eval": shapes_eval.build_parser(), "probes": probes.build_parser()}
+    commands = re.findall(r"python -m editmgt\.research\.shapes\.(\w+) ([^#`\n]*)", card)
+    assert len(commands) >= 7
+    for module, args in commands:
+        parsers[module].parse_args(shlex.split(args))               # exits on an unknown flag or value
+    flags = {f for p in parsers.values() for a in p._actions for f in a.option_strings}
+    named = set(re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", card, flags=re.S)))   # inline code
+    assert {n.split()[0] for n in named if n.startswith("--")} <= flags
+    folders = (root, root / "checkpoints" / "tiny-shapes", root / "editmgt" / "research" / "shapes")
+    files = [n for n in named if re.fullmatch(r"[\w./-]+\.(py|json|yaml)|[\w./-]+/", n)]
+    assert len(files) >= 10
+    for name in files:
+        assert any((folder / name).exists() for folder in folders), name
+    fields = {f.name for cls in (recipe.ShapesRecipe, ObjectiveConfig) for f in dataclasses.fields(cls)}
+    knobs = [n for n in named if re.fullmatch(r"[a-z]+(_[a-z]+)+", n)]
+    assert knobs and set(knobs) <= fields, set(knobs) - fields
+    assert hasattr(ObjectiveConfig, "edit_share") and "recipe.ShapesRecipe" in named

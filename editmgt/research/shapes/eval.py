@@ -451,7 +451,7 @@ def contact_sheet(folder: Path, path: Path, rows: int = len(data.EDIT_KINDS)) ->
         Image.fromarray(np.concatenate(strips, axis=0)).save(path)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m editmgt.research.shapes.eval", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="checkpoint folder (e.g. checkpoints/tiny-shapes)")
     parser.add_argument("--n", type=int, default=300)
@@ -476,7 +476,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                              "scenes and phrasings (for choosing settings); val: training scenes "
                              "said with phrasings neither of the others uses (for choosing changes "
                              "that should read unseen phrasings)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)

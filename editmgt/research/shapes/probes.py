@@ -348,7 +348,7 @@ def parse_phrasing(text: str) -> tuple[str, str]:
     return kind, template
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m editmgt.research.shapes.probes", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="checkpoint folder (e.g. checkpoints/tiny-shapes)")
     parser.add_argument("--n", type=int, default=280, help="triples for the first-step accuracy")
@@ -369,6 +369,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--split", choices=data.SPLITS, default="eval",
                         help="triples of the held-out scenes and phrasings (eval), of the training ones "
                              "(train), or training scenes said with the val phrasings (val)")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     extra: dict[str, list[str]] = {}
     for text in args.phrasing:
