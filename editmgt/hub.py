@@ -21,10 +21,6 @@ from editmgt.errors import CheckpointError, UnsafeWeightsError
 
 logger = logging.getLogger(__name__)
 
-# Released checkpoint (spec section 1).
-EDITMGT_REPO = "WeiChow/EditMGT"
-EDITMGT_REVISION = "0a00f14ea159728fb76ac99ed741f9deca5fee28"
-
 DEFAULT_SUBFOLDERS: tuple[str, ...] = (
     "editmgt",
     "transformer",

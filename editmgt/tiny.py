@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Iterable, Optional, Sequence, Union
 
 import torch
 
@@ -116,13 +116,16 @@ def _clip_words(corpus: Iterable[str]) -> Counter:
     return words
 
 
-def write_clip_tokenizer(folder: Path) -> dict[str, int]:
+def write_clip_tokenizer(
+    folder: Path, corpus: Sequence[str] = CORPUS, num_merges: int = NUM_MERGES
+) -> dict[str, int]:
     """vocab.json + merges.txt in CLIP's format (256 byte symbols, the same with '</w>', the
-    merges, then <|startoftext|> and <|endoftext|> last). Returns the special token ids."""
+    merges learnt from `corpus`, then <|startoftext|> and <|endoftext|> last). Returns the
+    special token ids."""
     from tokenizers import pre_tokenizers
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet(), key=lambda ch: (ord(ch)))
-    merges = learn_bpe_merges(_clip_words(CORPUS), NUM_MERGES)
+    merges = learn_bpe_merges(_clip_words(corpus), num_merges)
     tokens = alphabet + [ch + "</w>" for ch in alphabet] + ["".join(m) for m in merges]
     tokens = list(dict.fromkeys(tokens)) + ["<|startoftext|>", "<|endoftext|>"]
     vocab = {tok: i for i, tok in enumerate(tokens)}

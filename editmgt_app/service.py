@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from editmgt.data.shapes import KEYWORD_SETS
+from editmgt.research.shapes.data import KEYWORD_SETS
 from editmgt.errors import InputError
 from editmgt.sampling.sampler import MIN_SAMPLE_TEMPERATURE
 from editmgt.sampling.smoothing import METHODS as SMOOTHING_METHODS

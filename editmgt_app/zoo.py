@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import yaml
 
-from editmgt.data.shapes import KEYWORD_SETS
+from editmgt.research.shapes.data import KEYWORD_SETS
 from editmgt.sampling.sampler import MIN_SAMPLE_TEMPERATURE
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class Defaults:
     smoothing_strength: float = 1.0
     resolution: int = 1024
     # the words region-hold reads when the keyword box is blank: a keyword set of
-    # editmgt.data.shapes.KEYWORD_SETS (for models trained on that vocabulary); None = all rows
+    # editmgt.research.shapes.data.KEYWORD_SETS (for models trained on that vocabulary); None = all rows
     keywords: Optional[str] = None
     # the sampler draws tokens from softmax(logits / t); 1 is the released sampler
     sample_temperature: float = 1.0
@@ -137,12 +137,6 @@ class Zoo:
     @property
     def ids(self) -> list[str]:
         return list(self.entries)
-
-    def with_entries(self, *entries: Entry) -> "Zoo":
-        """A copy with extra (or replaced) entries; used by tests and embedding code."""
-        merged = dict(self.entries)
-        merged.update({e.id: e for e in entries})
-        return replace(self, entries=merged)
 
     def resolve(self, model_id: str, hub_reachable: Callable[[], bool] = lambda: False,
                 environ: Optional[dict] = None) -> Resolved:

@@ -10,8 +10,7 @@ from editmgt.errors import InputError
 from editmgt.sampling.localization import (LocalizationMap, consolidate, mean_attention,
                                            rescale, upsample)
 
-PARITY = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "parity"
-needs_parity = pytest.mark.skipif(not PARITY.is_dir(), reason="parity fixtures not present")
+PARITY = Path(__file__).resolve().parent / "fixtures" / "parity"
 SINGLE_BLOCKS = (2, 3, 4)
 
 
@@ -20,7 +19,6 @@ def outputs():
     return load_file(str(PARITY / "outputs.safetensors"))
 
 
-@needs_parity
 @pytest.mark.parametrize("case", ["", "edit_gamma1.", "t2i."])
 def test_scores_match_released(outputs, case):
     # the conditional half of the CFG batch is element 1
@@ -32,7 +30,6 @@ def test_scores_match_released(outputs, case):
     assert result.grid.shape == (1, 4, 4) and result.scores.shape == (1, 64)
 
 
-@needs_parity
 def test_upsample_matches_released():
     fx = load_file(str(PARITY / "smoothing.safetensors"))
     out = upsample(fx["upsample_in"].reshape(1, 32, 32), (64, 64))

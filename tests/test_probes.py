@@ -1,4 +1,4 @@
-"""The internal probes of editmgt.eval.probes measure what they say, on the tiny model."""
+"""The internal probes of editmgt.research.shapes.probes measure what they say, on the tiny model."""
 
 import dataclasses
 from pathlib import Path
@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from editmgt.data import shapes as data
-from editmgt.eval.probes import (FATES, READ_WORDS, first_step_accuracy, greyed, keeping_through_sampling,
+from editmgt.research.shapes import data
+from editmgt.research.shapes.probes import (FATES, READ_WORDS, first_step_accuracy, greyed, keeping_through_sampling,
                                   new_word_reading, parse_phrasing, phrasing_success, sampled_edit,
                                   shape_fate, swap_read_word, text_stream_similarity, untouched_fates)
-from editmgt.eval.shapes import check_edit, untouched_shapes
+from editmgt.research.shapes.checks import check_edit, untouched_shapes
 from editmgt.models.transformer import TransformerOutput
 from editmgt.pipeline import EditMGTPipeline
 
@@ -299,7 +299,7 @@ def test_sampled_edit_samples_the_pipeline(pipe):
 def test_probes_command_adds_the_phrasings_asked_for(tiny_checkpoint, capsys):
     """`--phrasing KIND=TEMPLATE` rows follow the kind's own in the phrasing table, which
     `--phrasing-kinds` limits; a phrasing of a kind left out is refused, as is a bad template."""
-    from editmgt.eval.probes import main
+    from editmgt.research.shapes.probes import main
 
     args = ["--model", str(tiny_checkpoint), "--n", "7", "--n-sampled", "0", "--n-fates", "0", "--guidance",
             "--n-phrasings", "14", "--split", "train", "--phrasing-kinds", "colour", "remove"]
@@ -319,9 +319,9 @@ def test_probes_command_adds_the_phrasings_asked_for(tiny_checkpoint, capsys):
 
 
 def test_probes_command_prints_every_table(tiny_checkpoint, capsys):
-    """`python -m editmgt.eval.probes` on training-split triples: each table, said as such;
+    """`python -m editmgt.research.shapes.probes` on training-split triples: each table, said as such;
     the fates table counts every untouched shape of the triples it samples."""
-    from editmgt.eval.probes import main
+    from editmgt.research.shapes.probes import main
 
     assert main(["--model", str(tiny_checkpoint), "--n", "7", "--n-sampled", "7", "--n-phrasings", "0",
                  "--n-fates", "14", "--guidance", "1", "--split", "train"]) == 0

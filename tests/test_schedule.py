@@ -11,11 +11,9 @@ from safetensors.torch import load_file
 from editmgt.errors import InputError
 from editmgt.sampling.schedule import mask_ratio, remask_count, temperatures, timesteps
 
-PARITY = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "parity"
-needs_parity = pytest.mark.skipif(not PARITY.is_dir(), reason="parity fixtures not present")
+PARITY = Path(__file__).resolve().parent / "fixtures" / "parity"
 
 
-@needs_parity
 def test_timesteps_and_temperatures_match_fixture():
     out = load_file(str(PARITY / "outputs.safetensors"))
     assert torch.equal(timesteps(16), out["scheduler.timesteps"])
@@ -23,7 +21,6 @@ def test_timesteps_and_temperatures_match_fixture():
     assert timesteps(16).dtype == torch.int64
 
 
-@needs_parity
 def test_remask_counts_match_table():
     sched = json.loads((PARITY / "case.json").read_text())["scheduler"]
     n, seq = sched["num_inference_steps"], sched["seq_len"]

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from editmgt.data import shapes as data
-from editmgt.eval.shapes import check_edit, iou, others_kept, outside_l1, untouched_shapes
+from editmgt.research.shapes import data
+from editmgt.research.shapes.checks import check_edit, iou, others_kept, outside_l1, untouched_shapes
 
 
 def test_same_arguments_same_triple():
@@ -198,7 +198,7 @@ def test_others_kept_looks_at_the_shapes_the_edit_leaves_alone():
 
 
 def test_region_scores_are_the_ideal_map_and_its_iou_ceiling():
-    from editmgt.eval.shapes import region_scores
+    from editmgt.research.shapes.eval import region_scores
 
     mask = data.shape_mask("square", 4)                           # the centre cell
     scores = region_scores(mask, (16, 16), 2, "none", 1.0)

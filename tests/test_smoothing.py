@@ -10,16 +10,13 @@ from safetensors.torch import load_file
 from editmgt.errors import InputError
 from editmgt.sampling.smoothing import METHODS, smooth_scores
 
-PARITY = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "parity"
-needs_parity = pytest.mark.skipif(not PARITY.is_dir(), reason="parity fixtures not present")
+PARITY = Path(__file__).resolve().parent / "fixtures" / "parity"
 
 TOLERANCE = {"gaussian": 1e-4, "morphology": 1e-4, "adaptive": 1e-4, "bilateral": 2 / 255}
 _KEY = re.compile(r"smooth_out\.(\w+)\.(\w+)\.s([\d.]+)\.peaks(True|False)$")
 
 
 def _cases():
-    if not PARITY.is_dir():
-        return []
     return sorted(k for k in load_file(str(PARITY / "smoothing.safetensors")) if _KEY.match(k))
 
 
@@ -28,7 +25,6 @@ def smoothing_fixture():
     return load_file(str(PARITY / "smoothing.safetensors"))
 
 
-@needs_parity
 @pytest.mark.parametrize("key", _cases())
 def test_matches_released_smoothing(smoothing_fixture, key):
     name, method, strength, peaks = _KEY.match(key).groups()
@@ -39,7 +35,6 @@ def test_matches_released_smoothing(smoothing_fixture, key):
     assert diff <= TOLERANCE[method], f"{key}: max abs diff {diff:.3e}"
 
 
-@needs_parity
 def test_batched_equals_per_sample(smoothing_fixture):
     x = torch.cat([smoothing_fixture["smooth_in.random"], smoothing_fixture["smooth_in.disk"]])
     x = x[:, 8:24, 8:24]   # keeps the rbf solve small

@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from editmgt.data import shapes as data
-from editmgt.eval.shapes import EvalSettings, check_edit, has_shape, outside_l1
+from editmgt.research.shapes import data
+from editmgt.research.shapes.checks import check_edit, has_shape, outside_l1
+from editmgt.research.shapes.eval import EvalSettings
 
 CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-shapes"
 FOLDERS = ("editmgt", "text_encoder", "tokenizer", "llm_encoder", "vqvae", "scheduler")
@@ -85,10 +86,10 @@ def test_layout_and_size():
 
 
 def test_recipe_defaults_are_the_shipped_recipe():
-    """`python -m editmgt.train.shapes --out DIR` (the recipe's defaults) is the recipe the
-    shipped checkpoint's training log records."""
+    """`python -m editmgt.research.shapes.train --out DIR` (the recipe's defaults) is the
+    recipe the shipped checkpoint's training log records."""
 
-    from editmgt.train.shapes import ShapesRecipe
+    from editmgt.research.shapes.recipe import ShapesRecipe
 
     logged = json.loads((CHECKPOINT / "train_log.json").read_text())["recipe"]
     recipe = json.loads(json.dumps(ShapesRecipe().to_dict()))
@@ -105,7 +106,8 @@ def test_recipe_defaults_are_the_shipped_recipe():
 def test_recipe_tokenizers_are_the_shipped_ones(tmp_path):
     """The recipe learns its tokenizers' merges from the instruction corpus; a phrasing added
     for evaluation must not change them, or the recipe stops reproducing the checkpoint."""
-    from editmgt.train.shapes import ShapesRecipe, write_text_towers
+    from editmgt.research.shapes.recipe import ShapesRecipe
+    from editmgt.research.shapes.text_towers import write_text_towers
 
     write_text_towers(tmp_path, ShapesRecipe())
     for name in ("tokenizer/vocab.json", "tokenizer/merges.txt", "llm_encoder/tokenizer.json"):
@@ -115,11 +117,12 @@ def test_recipe_tokenizers_are_the_shipped_ones(tmp_path):
 def test_recipe_starts_as_the_shipped_run(tmp_path):
     """The recipe's first 25 steps, on the shipped VQ, log what the shipped run logged: the
     training triples, codes, tokenizers, text towers and initial weights are the ones that
-    made the checkpoint (a whole run rewrites it byte for byte, docs/SHAPES.md, Training).
+    made the checkpoint (a whole run rewrites it byte for byte on the kind of CPU that trained it).
     Float sums differ between kinds of CPU, so the loss must match to the logged digits only
     on the kind of CPU that trained it, and to 1e-4 elsewhere."""
     from editmgt.machine import describe_cpu
-    from editmgt.train.shapes import ShapesRecipe, train_shapes
+    from editmgt.research.shapes.recipe import ShapesRecipe
+    from editmgt.research.shapes.train import train_shapes
 
     shipped = json.loads((CHECKPOINT / "train_log.json").read_text())
     log = train_shapes(tmp_path, ShapesRecipe(copy_warmup_steps=25, steps=0),
@@ -187,8 +190,8 @@ def test_shapes_examples_offer_the_keywords_region_hold_reads():
 
 
 def test_colour_change_edit_succeeds(pipe):
-    """The red circle turns green (checked from pixels). The models trained without reading
-    steps did not read the new colour word and left it red or mixed (docs/SHAPES.md)."""
+    """The red circle turns green (checked from pixels): the model reads the word that says
+    what to draw (without the recipe's reading steps a model leaves the circle red or mixed)."""
     triple = fixed_colour_edit()
     _, out = edit(pipe, triple)
     assert check_edit(out, triple)
@@ -205,8 +208,8 @@ def test_removal_edit_succeeds(pipe):
 
 def test_unheld_edit_copies_the_background(pipe):
     """Even at lambda 0 the model copies a striped background: outside the removed circle
-    the result stays within 0.01 of the VQ round trip's error (the first shipped model,
-    which redrew the scene, was 0.1 away on average)."""
+    the result stays within 0.01 of the VQ round trip's error (a model that redraws the
+    scene is about 0.1 away)."""
     triple = fixed_removal("stripes", others=())
     result, out = edit(pipe, triple)
     assert check_edit(out, triple)
@@ -243,7 +246,7 @@ def probe_edits() -> list[data.EditTriple]:
 def untouched_kept(pipe, hold_lambda: float, seeds: tuple = (0, 1)) -> tuple[int, int]:
     """(kept, total) untouched shapes over the probe's edits and sampling seeds, at the measured
     settings and `hold_lambda` on the map region-hold reads (`EvalSettings.hold_rows`)."""
-    from editmgt.eval.shapes import untouched_shapes
+    from editmgt.research.shapes.checks import untouched_shapes
 
     kept = total = 0
     for triple in probe_edits():
@@ -259,7 +262,7 @@ def untouched_kept(pipe, hold_lambda: float, seeds: tuple = (0, 1)) -> tuple[int
 def test_keeping_probe_is_what_it_says():
     """32 edits (16 removals, 16 colour changes) over 8 scenes on every background; every
     source fails its own edit and every target passes it, with all untouched shapes in place."""
-    from editmgt.eval.shapes import others_kept
+    from editmgt.research.shapes.checks import others_kept
 
     triples = probe_edits()
     assert len(triples) == 16 and {t.source_scene.background for t in triples} == set(data.BACKGROUNDS)
@@ -272,8 +275,7 @@ def test_keeping_probe_is_what_it_says():
 def test_shapes_the_edit_does_not_name_are_kept(pipe):
     """Over the keeping probe (8 scenes, removals and colour changes, sampling seeds 0 and 1),
     region-hold at the app's lambda 0.1 keeps at least 3 in 4 of the shapes the instruction does
-    not name, and no fewer than the un-held edit (lambda 0) does. The single scene this test
-    used before ("remove the red circle" keeping the blue square) was one sample of this."""
+    not name, and no fewer than the un-held edit (lambda 0) does."""
     kept_held, total = untouched_kept(pipe, hold_lambda=0.1)
     kept_unheld, _ = untouched_kept(pipe, hold_lambda=0.0)
     assert total == 44
@@ -316,7 +318,7 @@ def test_perfect_edit_is_the_target_through_the_vq(pipe):
     """The eval's perfect edit: the true target's tokens decoded, so the circle is green and
     the outside is only as far from the source as the VQ's drawing of it; with pixels kept,
     the untouched square is the source's own pixels and the outside leaks less."""
-    from editmgt.eval.shapes import perfect_edit
+    from editmgt.research.shapes.eval import perfect_edit
 
     triple = fixed_colour_edit()
     source_tokens = pipe.vq.encode(torch.from_numpy(triple.source).permute(2, 0, 1)[None].float() / 255)[0]
@@ -348,11 +350,11 @@ def test_edit_runs_and_reports(pipe):
 
 
 def test_eval_command_writes_the_report(tmp_path, capsys):
-    """`python -m editmgt.eval.shapes` on 7 held-out triples (one per kind): the table, the
+    """`python -m editmgt.research.shapes.eval` on 7 held-out triples (one per kind): the table, the
     summary, one example strip per kind and their contact sheet."""
     import json
 
-    from editmgt.eval.shapes import main
+    from editmgt.research.shapes.eval import main
 
     assert main(["--model", str(CHECKPOINT), "--n", "7", "--steps", "2", "--out", str(tmp_path)]) == 0
     table = capsys.readouterr().out
@@ -370,13 +372,19 @@ def test_eval_command_writes_the_report(tmp_path, capsys):
         assert f"| {kind} | {phrasing} | 1 | {100 * v['success']:.1f} % |" in table
 
 
+# the perfect edit's part of a hand-made eval record (`evaluate` measures it for every triple)
+PERFECT_RECORD = {"success": True, "kept": None, "leakage": 0.01, "l1": 0.05, "leakage_ref": 0.0, "l1_ref": 0.04,
+                  "changed": 0.1}
+
+
 def test_summary_splits_success_by_phrasing():
     """Success per held-out phrasing: counted per kind and phrasing, at lambda 0 only."""
-    from editmgt.eval.shapes import IOU_THRESHOLDS, format_table, summarise
+    from editmgt.research.shapes.eval import IOU_THRESHOLDS, format_table, summarise
 
     def record(kind: str, phrasing: str, success: bool) -> dict:
         return {"kind": kind, "phrasing": phrasing, "success": [success, True], "kept": [None, None],
                 "leakage": [0.1, 0.05], "l1": [0.2, 0.1], "changed": [0.3, 0.1], "floor": 0.01,
+                "leakage_ref": [0.1, 0.05], "l1_ref": [0.2, 0.1], "perfect": PERFECT_RECORD,
                 "iou": {"paper": [0.5] * len(IOU_THRESHOLDS)}}
 
     a, b = data.TEMPLATES["colour"]["eval"]
@@ -393,8 +401,8 @@ def test_summary_splits_success_by_phrasing():
 def test_attention_scores_read_the_rows_they_are_given(pipe):
     """The eval's "paper, naming words" map: the rows of "red", "circle" and "green" only;
     every row given is the default map."""
-    from editmgt.eval.shapes import attention_scores
-    from editmgt.train.shapes import naming_rows
+    from editmgt.research.shapes.eval import attention_scores
+    from editmgt.research.shapes.sampling import naming_rows
 
     triple = fixed_colour_edit()
     result, _ = edit(pipe, triple)
@@ -414,7 +422,7 @@ def test_attention_scores_read_the_rows_they_are_given(pipe):
 def test_eval_with_kept_pixels_leaks_less_and_edits_the_same_tokens(pipe):
     """`--keep-unchanged-pixels` blends towards the source only, so no edit leaks more and
     these leak less in all; the tokens, and so the changed fraction, are the same."""
-    from editmgt.eval.shapes import evaluate, format_table
+    from editmgt.research.shapes.eval import evaluate, format_table
 
     runs = {keep: evaluate(CHECKPOINT, n=4, seed=3, pipe=pipe,
                            settings=EvalSettings(steps=4, lambdas=(0.0, 0.5), keep_unchanged_pixels=keep))
@@ -471,7 +479,7 @@ def test_eval_hold_rows_change_the_hold_not_the_unheld_edit(pipe):
     lambda above 0 holds a different set of tokens. Both keyword maps are scored whatever
     region-hold reads; they differ where the locating words leave out the new colour (the
     first edit, a colour change) and agree where the sets are equal (a removal)."""
-    from editmgt.eval.shapes import HOLD_ROWS, evaluate, keyword_row
+    from editmgt.research.shapes.eval import HOLD_ROWS, evaluate, keyword_row
 
     runs = {rows: evaluate(CHECKPOINT, n=4, seed=0, pipe=pipe,
                            settings=EvalSettings(steps=4, lambdas=(0.0, 0.3), hold_rows=rows))
@@ -500,11 +508,12 @@ def test_training_with_reading_steps_logs_them(tmp_path, caplog):
     import logging
 
     from editmgt.machine import cpu_model, describe_cpu
-    from editmgt.train.shapes import ShapesRecipe, train_shapes
+    from editmgt.research.shapes.recipe import ShapesRecipe
+    from editmgt.research.shapes.train import train_shapes
 
     recipe = ShapesRecipe(n_train=300, vq_dense_images=8, steps=8, copy_warmup_steps=2, log_every=4,
                           batch_size=4, reading_every=1, reading_from=2, reading_until=6)
-    with caplog.at_level(logging.INFO, logger="editmgt.train.shapes"):
+    with caplog.at_level(logging.INFO, logger="editmgt.research.shapes"):
         log = train_shapes(tmp_path, recipe, pretrained_vq=CHECKPOINT / "vqvae")
     rows = log["transformer"]
     assert [r["step"] for r in rows] == [4, 8, 10]
@@ -532,12 +541,13 @@ def test_a_reading_block_that_has_not_learnt_runs_on_in_the_loop(tmp_path, caplo
     run keeps its length (the shipped VQ, a few steps)."""
     import logging
 
-    from editmgt.train.shapes import ShapesRecipe, train_shapes
+    from editmgt.research.shapes.recipe import ShapesRecipe
+    from editmgt.research.shapes.train import train_shapes
 
     recipe = ShapesRecipe(n_train=300, vq_dense_images=8, steps=12, copy_warmup_steps=2, log_every=4,
                           batch_size=4, reading_every=1, reading_from=2, reading_until=6,
                           reading_target=1.0, reading_until_latest=10)
-    with caplog.at_level(logging.INFO, logger="editmgt.train.shapes"):
+    with caplog.at_level(logging.INFO, logger="editmgt.research.shapes"):
         log = train_shapes(tmp_path, recipe, pretrained_vq=CHECKPOINT / "vqvae")
     rows = log["transformer"]
     assert [r["step"] for r in rows] == [4, 8, 12, 14]
@@ -551,15 +561,16 @@ def test_a_reading_block_that_has_not_learnt_runs_on_in_the_loop(tmp_path, caplo
 
 
 def test_halving_is_judged_against_the_source_and_against_the_lambda_1_image():
-    """Issue #5's target, a lambda that halves lambda 0's leakage for at most 5 points of
+    """The leakage target, a lambda that halves lambda 0's leakage for at most 5 points of
     success, read twice: leakage to the source, and to the lambda-1 image (Figure 4's
     reference). Here only the second halves, and lambda 0.8 loses too much success."""
-    from editmgt.eval.shapes import IOU_THRESHOLDS, format_table, halving_lambdas, summarise
+    from editmgt.research.shapes.eval import IOU_THRESHOLDS, format_table, halving_lambdas, summarise
 
     def record(success: list) -> dict:
         return {"kind": "remove", "phrasing": "p", "success": success, "kept": [None] * 3,
                 "leakage": [0.016, 0.0145, 0.0135], "l1": [0.07, 0.06, 0.04], "changed": [0.2, 0.1, 0.05],
                 "leakage_ref": [0.006, 0.003, 0.001], "l1_ref": [0.06, 0.05, 0.03], "floor": 0.0127,
+                "perfect": PERFECT_RECORD,
                 "iou": {"paper": [0.5] * len(IOU_THRESHOLDS)}}
 
     records = [record([True, True, False])] * 19 + [record([True, False, False])]
@@ -578,11 +589,12 @@ def test_halving_is_judged_against_the_source_and_against_the_lambda_1_image():
 def test_clean_edits_need_success_and_every_untouched_shape_kept():
     """A clean edit succeeds and keeps the shapes it does not name; an edit with none to keep
     (kept None) needs only succeed. Per lambda, over every edit."""
-    from editmgt.eval.shapes import IOU_THRESHOLDS, format_table, summarise
+    from editmgt.research.shapes.eval import IOU_THRESHOLDS, format_table, summarise
 
     def record(kind: str, success: list, kept: list) -> dict:
         return {"kind": kind, "phrasing": "p", "success": success, "kept": kept,
                 "leakage": [0.1, 0.05], "l1": [0.2, 0.1], "changed": [0.3, 0.1], "floor": 0.01,
+                "leakage_ref": [0.1, 0.05], "l1_ref": [0.2, 0.1], "perfect": PERFECT_RECORD,
                 "iou": {"paper": [0.5] * len(IOU_THRESHOLDS)}}
 
     records = [record("remove", [True, True], [False, True]),     # lost a shape at lambda 0 only

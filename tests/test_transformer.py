@@ -1,10 +1,12 @@
-"""EditMGTTransformer: parity with the released code, shapes, probe, bias, dtype, loading."""
+"""EditMGTTransformer: parity with the released code, shapes, probe, bias, dtype, loading.
+
+The parity tests read the released code's outputs (`tests/fixtures/parity`); the behaviour
+tests run a tiny random model of the same layout."""
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,20 +21,81 @@ from editmgt.verify import local_scores
 
 torch.set_num_threads(1)
 
+# The parity fixture's layout: 2 double + 3 single blocks, 2 heads x 16, 64 codes (mask id 71).
+TINY = TransformerConfig(num_layers=2, num_single_layers=3, attention_head_dim=16, num_attention_heads=2,
+                         joint_attention_dim=24, pooled_projection_dim=20, axes_dims_rope=(4, 6, 6),
+                         vocab_size=72, codebook_size=64, downsample=True, upsample=True,
+                         text_encoder_architecture="CLIP_Gemma2", connector_type="linear")
+TEXT_LENGTH = 256                    # rows of the text stream, as the released pipeline gives it
+
+
+@torch.no_grad()
+def random_model(config: TransformerConfig = TINY, seed: int = 0) -> EditMGTTransformer:
+    """`config` with seeded weights, none zero (as the parity fixture's): gains 1 + 0.1 z,
+    biases 0.1 z, matrices z / sqrt(fan-in)."""
+    model = EditMGTTransformer(config)
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        z = torch.randn(p.shape, generator=gen)
+        if p.ndim == 1:
+            p.copy_(1 + 0.1 * z if name.endswith("weight") else 0.1 * z)
+        else:
+            p.copy_(z / math.sqrt(p[0].numel()))
+    return model.eval()
+
+
+def random_inputs(batch: int = 2, grid: tuple[int, int] = (8, 8), seed: int = 1) -> dict[str, torch.Tensor]:
+    """Inputs named as the parity fixture's: a partly masked canvas, its reference, text."""
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, TINY.codebook_size, (batch, *grid), generator=gen)
+    masked = torch.rand(tokens.shape, generator=gen) < 0.35
+    return {
+        "hidden_states": torch.where(masked, TINY.mask_token_id, tokens),
+        "reference_image_hidden_states": torch.randint(0, TINY.codebook_size, (batch, *grid), generator=gen),
+        "encoder_hidden_states": torch.randn(batch, TEXT_LENGTH, TINY.joint_attention_dim, generator=gen),
+        "pooled_projections": torch.randn(batch, TINY.pooled_projection_dim, generator=gen),
+        "micro_conds": torch.tensor([[1024.0, 1024.0, 0.0, 0.0, 6.0]]).expand(batch, 5),
+        "timestep": torch.full((batch,), 5),
+    }
+
+
+def save_model(model: EditMGTTransformer, folder: Path) -> Path:
+    """config.json + diffusion_pytorch_model.safetensors, the released layout."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(model.config.to_dict()))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(folder / "diffusion_pytorch_model.safetensors"))
+    return folder
+
 
 @pytest.fixture(scope="module")
-def model(parity_dir: Path) -> EditMGTTransformer:
+def parity_model(parity_dir: Path) -> EditMGTTransformer:
     return EditMGTTransformer.from_pretrained(parity_dir / "transformer")
 
 
 @pytest.fixture(scope="module")
-def inputs(parity_dir: Path) -> dict[str, torch.Tensor]:
+def parity_inputs(parity_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(parity_dir / "inputs.safetensors"))
 
 
 @pytest.fixture(scope="module")
 def outputs(parity_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(parity_dir / "outputs.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def model() -> EditMGTTransformer:
+    return random_model()
+
+
+@pytest.fixture(scope="module")
+def inputs() -> dict[str, torch.Tensor]:
+    return random_inputs()
+
+
+@pytest.fixture()
+def saved(model: EditMGTTransformer, tmp_path: Path) -> Path:
+    return save_model(model, tmp_path / "transformer")
 
 
 def _run(model, inputs, reference=False, gamma=1.0, probe=None, **overrides):
@@ -62,8 +125,8 @@ SINGLE_BLOCKS = (2, 3, 4)
     [("t2i.", "logits_t2i", False, 1.0), ("edit_gamma1.", "logits_edit_gamma1", True, 1.0),
      ("", "logits_edit_gamma", True, 1.3)],
 )
-def test_parity_with_released_code(model, inputs, outputs, prefix, logits_key, reference, gamma):
-    out = _run(model, inputs, reference=reference, gamma=gamma, probe=ALL_BLOCKS)
+def test_parity_with_released_code(parity_model, parity_inputs, outputs, prefix, logits_key, reference, gamma):
+    out = _run(parity_model, parity_inputs, reference=reference, gamma=gamma, probe=ALL_BLOCKS)
     assert out.logits.shape == outputs[logits_key].shape
     assert (out.logits - outputs[logits_key]).abs().max() < 1e-4
     compared = 0
@@ -78,9 +141,9 @@ def test_parity_with_released_code(model, inputs, outputs, prefix, logits_key, r
     assert (rescaled - outputs[f"{prefix}local_scores_rescaled"]).abs().max() < 1e-5
 
 
-def test_rope_tables_match_trace(outputs, inputs):
+def test_rope_tables_match_trace(outputs, parity_inputs):
     positions = rotary_positions(256, (4, 4))
-    assert torch.equal(positions[256:].long(), inputs["img_ids"])
+    assert torch.equal(positions[256:].long(), parity_inputs["img_ids"])
     cos, sin = rope_tables(positions, (4, 6, 6))
     assert torch.equal(cos, outputs["trace.pos_embed.out0"])
     assert torch.equal(sin, outputs["trace.pos_embed.out1"])
@@ -201,8 +264,8 @@ def test_shorter_text_runs(model, inputs):
     assert out.text_to_image[2].shape == (2, 2, 77, 16)
 
 
-def test_bf16_close_to_fp32(parity_dir, model, inputs):
-    bf16 = EditMGTTransformer.from_pretrained(parity_dir / "transformer", dtype=torch.bfloat16)
+def test_bf16_close_to_fp32(saved, model, inputs):
+    bf16 = EditMGTTransformer.from_pretrained(saved, dtype=torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 for p in bf16.parameters())
     probe = AttentionProbe(blocks=SINGLE_BLOCKS)
     a = _run(model, inputs, reference=True, gamma=1.3, probe=probe)
@@ -229,12 +292,6 @@ def test_input_validation(model, inputs):
 
 # ---------------------------------------------------------------------- loading
 
-def _copy_model(parity_dir: Path, tmp_path: Path) -> Path:
-    folder = tmp_path / "transformer"
-    shutil.copytree(parity_dir / "transformer", folder)
-    return folder
-
-
 def test_config_round_trip(parity_dir):
     raw = json.loads((parity_dir / "transformer" / "config.json").read_text())
     config = TransformerConfig.from_dict(raw)
@@ -243,8 +300,8 @@ def test_config_round_trip(parity_dir):
     assert TransformerConfig.from_dict(config.to_dict()) == config
 
 
-def test_missing_files(parity_dir, tmp_path):
-    folder = _copy_model(parity_dir, tmp_path)
+def test_missing_files(saved):
+    folder = saved
     (folder / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="diffusion_pytorch_model.safetensors"):
         EditMGTTransformer.from_pretrained(folder)
@@ -253,15 +310,15 @@ def test_missing_files(parity_dir, tmp_path):
         EditMGTTransformer.from_pretrained(folder)
 
 
-def test_pickle_only_is_refused(parity_dir, tmp_path):
-    folder = _copy_model(parity_dir, tmp_path)
+def test_pickle_only_is_refused(saved):
+    folder = saved
     (folder / "diffusion_pytorch_model.safetensors").rename(folder / "diffusion_pytorch_model.bin")
     with pytest.raises(UnsafeWeightsError, match=r"\.bin"):
         EditMGTTransformer.from_pretrained(folder)
 
 
-def test_renamed_and_reshaped_keys(parity_dir, tmp_path):
-    folder = _copy_model(parity_dir, tmp_path)
+def test_renamed_and_reshaped_keys(saved):
+    folder = saved
     path = folder / "diffusion_pytorch_model.safetensors"
     state = load_file(str(path))
     state["connector.projector.weights"] = state.pop("connector.projector.weight")
@@ -274,8 +331,8 @@ def test_renamed_and_reshaped_keys(parity_dir, tmp_path):
         EditMGTTransformer.from_pretrained(folder)
 
 
-def test_sharded_checkpoint_loads(parity_dir, model, tmp_path):
-    folder = _copy_model(parity_dir, tmp_path)
+def test_sharded_checkpoint_loads(saved, model):
+    folder = saved
     path = folder / "diffusion_pytorch_model.safetensors"
     state = load_file(str(path))
     path.unlink()

@@ -56,14 +56,6 @@ class TextEmbeddings:
         index = torch.as_tensor(index, dtype=torch.long, device=self.states.device)
         return TextEmbeddings(self.states[index], self.pooled[index], self.token_ids[index.to(self.token_ids.device)])
 
-    @staticmethod
-    def cat(parts: Sequence["TextEmbeddings"]) -> "TextEmbeddings":
-        return TextEmbeddings(
-            torch.cat([p.states for p in parts]),
-            torch.cat([p.pooled for p in parts]),
-            torch.cat([p.token_ids for p in parts]),
-        )
-
 
 # ---------------------------------------------------------------------- keyword rows
 def _keyword_spans(prompt: str, keyword: str) -> list[tuple[int, int]]:

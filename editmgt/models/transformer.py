@@ -31,6 +31,7 @@ from safetensors import safe_open
 from torch import Tensor, nn
 
 from editmgt.errors import CheckpointError, InputError, UnsafeWeightsError, WeightMismatchError
+from editmgt.hub import PICKLE_SUFFIXES
 from editmgt.models.attention import (
     Attention,
     AttentionProbe,
@@ -69,7 +70,6 @@ MICRO_COND_CHANNELS = 256    # sinusoidal features per micro-condition
 TIMESTEP_SCALE = 1000.0      # the model embeds scheduler step x 1000
 NORM_EPS = 1e-6
 CONNECTOR_TYPES = ("none", "linear")
-PICKLE_SUFFIXES = (".bin", ".pt", ".ckpt", ".pth")
 STATIC_CACHE_ENTRIES = 4     # cached (RoPE, gamma bias) sets; one per (shapes, gamma, dtype, device)
 
 
@@ -123,10 +123,6 @@ class TransformerConfig:
     @property
     def downsample_factor(self) -> int:
         return 2 if self.downsample else 1
-
-    @property
-    def upsample_factor(self) -> int:
-        return 2 if self.upsample else 1
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TransformerConfig":

@@ -1,1 +1,2 @@
-"""Training code: the EditMGT objective, the tiny VQ trainer and the shapes recipe."""
+"""Training code any EditMGT run reuses: the objective and optimiser (`objective`), the copy-head
+initialisation (`init`) and a small VQ trainer (`vq_train`)."""

@@ -1,6 +1,6 @@
 """Probes of a shapes EditMGT's internals: does the instruction reach the tokens it names?
 
-    python -m editmgt.eval.probes --model DIR [--n 280] [--seed 0]
+    python -m editmgt.research.shapes.probes --model DIR [--n 280] [--seed 0]
 
 - `text_stream_similarity`: after each block, the mean cosine (after LayerNorm) between the
   text-stream rows that hold the instruction's words, and their mean norm. A cosine of 1
@@ -47,10 +47,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from editmgt.data import shapes as data
-from editmgt.eval.shapes import (STYLE_SATURATION, EvalSettings, channel_spread, check_edit, erode,
-                                 has_shape, untouched_shapes)
-from editmgt.train.shapes import agreement_mask
+from editmgt.research.shapes import data
+from editmgt.research.shapes.checks import (STYLE_SATURATION, channel_spread, check_edit, erode, has_shape,
+                                            untouched_shapes)
+from editmgt.research.shapes.eval import EvalSettings
+from editmgt.research.shapes.tokens import agreement_mask
 
 
 @torch.inference_mode()
@@ -347,8 +348,8 @@ def parse_phrasing(text: str) -> tuple[str, str]:
     return kind, template
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m editmgt.eval.probes", description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m editmgt.research.shapes.probes", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="checkpoint folder (e.g. checkpoints/tiny-shapes)")
     parser.add_argument("--n", type=int, default=280, help="triples for the first-step accuracy")
     parser.add_argument("--seed", type=int, default=0)
@@ -368,6 +369,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--split", choices=data.SPLITS, default="eval",
                         help="triples of the held-out scenes and phrasings (eval), of the training ones "
                              "(train), or training scenes said with the val phrasings (val)")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     extra: dict[str, list[str]] = {}
     for text in args.phrasing:

@@ -1,8 +1,8 @@
 """Measure a shapes EditMGT: edit success, leakage, localisation IoU, L1 against lambda.
 
-    python -m editmgt.eval.shapes --model DIR --n 300 --seed 0 [--out runs/shapes-eval]
+    python -m editmgt.research.shapes.eval --model DIR --n 300 --seed 0 [--out runs/shapes-eval]
 
-Edits held-out scenes with held-out phrasings (`editmgt.data.shapes`, split "eval") and
+Edits held-out scenes with held-out phrasings (`data.py`, split "eval") and
 prints one table:
 
 - success: per edit kind and overall, checked from pixels (requested colour / shape kind
@@ -58,8 +58,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from editmgt.data import shapes as data
 from editmgt.images import changed_alpha, keep_unchanged, to_tensor
+from editmgt.research.shapes import data
+from editmgt.research.shapes.checks import check_edit, iou, l1_to, others_kept, outside_l1
 from editmgt.train.objective import ObjectiveConfig
 
 logger = logging.getLogger(__name__)
@@ -70,137 +71,6 @@ CEILING = "true region (ceiling)"  # the IoU rows' name for region_scores
 # each keyword set of data.KEYWORD_SETS gives an IoU row "paper, <set> words", the paper
 # range's map read from those words' rows only, and can be the rows region-hold reads
 HOLD_ROWS = ("all", *data.KEYWORD_SETS)  # EvalSettings.hold_rows
-COLOUR_FRACTION = 0.5        # share of a shape's inner pixels that must have its colour
-ABSENT_FRACTION = 0.2        # at most this share of a removed shape's pixels keep its colour
-SHAPE_IOU = 0.5              # shape-kind check: best-matching kind and IoU >= this
-BACKGROUND_L1 = 0.1          # background edits: mean L1 to the target background
-STYLE_SATURATION = 0.08      # style edits: mean (max - min) channel spread on the shapes
-STYLE_L1 = 0.1               # style edits: mean L1 to the target (structure kept)
-
-
-# ----------------------------------------------------------------------------- pixel checks
-
-def erode(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
-    """Binary erosion with a 3 x 3 square (pixels outside the image count as False)."""
-    out = mask.copy()
-    for _ in range(iterations):
-        p = np.pad(out, 1, constant_values=False)
-        acc = np.ones_like(out)
-        for dy in range(3):
-            for dx in range(3):
-                acc &= p[dy:dy + out.shape[0], dx:dx + out.shape[1]]
-        out = acc
-    return out
-
-
-def _colour_index(name: str) -> int:
-    return list(data.all_colours()).index(name)
-
-
-def colour_fraction(img: np.ndarray, mask: np.ndarray, colour: str) -> float:
-    """Share of `mask` pixels whose nearest named colour is `colour`."""
-    if not mask.any():
-        return 0.0
-    return float((data.classify_pixels(img)[mask] == _colour_index(colour)).mean())
-
-
-def shape_kind_scores(img: np.ndarray, cell: int, colour: str) -> dict[str, float]:
-    """IoU of the `colour` pixels of a cell with each shape kind drawn in that cell."""
-    x0, y0, x1, y1 = data.cell_box(cell)
-    box = np.zeros(img.shape[:2], bool)
-    box[max(0, y0 - 2):y1 + 2, max(0, x0 - 2):x1 + 2] = True
-    painted = (data.classify_pixels(img) == _colour_index(colour)) & box
-    scores = {}
-    for kind in data.SHAPE_KINDS:
-        ref = data.shape_mask(kind, cell, img.shape[0])
-        union = (painted | ref).sum()
-        scores[kind] = float((painted & ref).sum() / union) if union else 0.0
-    return scores
-
-
-def has_shape(img: np.ndarray, shape: data.Shape) -> bool:
-    """The shape's colour fills its inner pixels and its kind matches best (IoU >= 0.5)."""
-    inner = erode(data.shape_mask(shape.kind, shape.cell, img.shape[0]))
-    if colour_fraction(img, inner, shape.colour) < COLOUR_FRACTION:
-        return False
-    scores = shape_kind_scores(img, shape.cell, shape.colour)
-    best = max(scores, key=scores.get)
-    return best == shape.kind and scores[best] >= SHAPE_IOU
-
-
-def is_absent(img: np.ndarray, shape: data.Shape, keep: Optional[np.ndarray] = None) -> bool:
-    """At most 20 % of the shape's inner pixels (outside `keep`) still have its colour."""
-    inner = erode(data.shape_mask(shape.kind, shape.cell, img.shape[0]))
-    if keep is not None:
-        inner &= ~keep
-    return colour_fraction(img, inner, shape.colour) <= ABSENT_FRACTION
-
-
-def channel_spread(img: np.ndarray, mask: np.ndarray) -> float:
-    """Mean (max - min) channel spread of `img` (H, W, 3 uint8) over `mask`, in [0, 1]:
-    0 for grey pixels."""
-    x = img.astype(np.float64) / 255.0
-    return float((x.max(-1) - x.min(-1))[mask].mean())
-
-
-def check_edit(output: np.ndarray, triple: data.EditTriple) -> bool:
-    """Did `output` (H, W, 3 uint8) carry out the triple's edit? Judged from pixels only."""
-    info, kind = triple.info, triple.kind
-    if kind == "colour":
-        new = info["new"]
-        inner = erode(data.shape_mask(new.kind, new.cell, output.shape[0]))
-        return colour_fraction(output, inner, new.colour) >= COLOUR_FRACTION
-    if kind in ("add", "replace"):
-        return has_shape(output, info["new"])
-    if kind == "remove":
-        return is_absent(output, info["old"])
-    if kind == "move":
-        new = info["new"]
-        return has_shape(output, new) and is_absent(
-            output, info["old"], keep=data.shape_mask(new.kind, new.cell, output.shape[0]))
-    if kind == "background":
-        region = erode(triple.mask, 2)
-        diff = np.abs(output.astype(np.float64) - triple.target.astype(np.float64)) / 255.0
-        return float(diff[region].mean()) <= BACKGROUND_L1
-    if kind == "style":
-        shapes = erode(data.shapes_union(triple.source_scene, output.shape[0]))
-        l1 = float(np.abs(output.astype(np.float64) / 255.0 - triple.target.astype(np.float64) / 255.0).mean())
-        return channel_spread(output, shapes) <= STYLE_SATURATION and l1 <= STYLE_L1
-    raise ValueError(f"unknown edit kind {kind!r}")
-
-
-def untouched_shapes(triple: data.EditTriple) -> list[data.Shape]:
-    """Shapes of the source the edit must leave as they are: all of them for add and
-    background edits, all but the named one for the others, none for the style edit."""
-    if triple.kind == "style":
-        return []
-    touched = {triple.info.get("old"), triple.info.get("new")}
-    return [s for s in triple.source_scene.shapes if s not in touched]
-
-
-def others_kept(output: np.ndarray, triple: data.EditTriple) -> Optional[bool]:
-    """Do all untouched shapes survive in `output`? None when the scene has none."""
-    others = untouched_shapes(triple)
-    return all(has_shape(output, s) for s in others) if others else None
-
-
-def l1_to(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean |a - b| / 255 over every pixel."""
-    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).mean() / 255.0)
-
-
-def outside_l1(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
-    """Mean |a - b| / 255 over pixels outside `mask`; nan when there are none."""
-    outside = ~mask
-    if not outside.any():
-        return float("nan")
-    diff = np.abs(a.astype(np.float64) - b.astype(np.float64)) / 255.0
-    return float(diff[outside].mean())
-
-
-def iou(pred: np.ndarray, truth: np.ndarray) -> float:
-    union = (pred | truth).sum()
-    return float((pred & truth).sum() / union) if union else 1.0
 
 
 # ----------------------------------------------------------------------------- block ranges
@@ -436,8 +306,7 @@ def summarise(records: list[dict], lambdas: Sequence[float]) -> dict:
     # per held-out phrasing: runs of one recipe differ most in how they read a phrasing
     by_phrasing: dict[str, dict[str, list]] = {k: {} for k in kinds}
     for r in records:
-        if "phrasing" in r:                      # records written before phrasings were kept have none
-            by_phrasing[r["kind"]].setdefault(r["phrasing"], []).append(r["success"][0])
+        by_phrasing[r["kind"]].setdefault(r["phrasing"], []).append(r["success"][0])
     s["success_by_phrasing"] = {k: {p: {"n": len(v), "success": _mean(v)} for p, v in per.items()}
                                 for k, per in by_phrasing.items()}
     s["success"] = [_mean([r["success"][j] for r in records]) for j in range(len(lambdas))]
@@ -445,17 +314,14 @@ def summarise(records: list[dict], lambdas: Sequence[float]) -> dict:
     s["l1"] = [_mean([r["l1"][j] for r in records]) for j in range(len(lambdas))]
     s["changed"] = [_mean([r["changed"][j] for r in records]) for j in range(len(lambdas))]
     s["leakage_floor"] = _mean([r["floor"] for r in records])
-    # to the lambda-1 image, the paper's Figure 4 reference (records before 2026-12-05, evening, have none)
-    with_ref = bool(records) and all("leakage_ref" in r for r in records)
-    if with_ref:
-        s["leakage_ref"] = [_mean([r["leakage_ref"][j] for r in records]) for j in range(len(lambdas))]
-        s["l1_ref"] = [_mean([r["l1_ref"][j] for r in records]) for j in range(len(lambdas))]
-    if records and all("perfect" in r for r in records):   # records written before 2026-12-05 have none
-        perfect = [r["perfect"] for r in records]
-        keys = ("success", "leakage", "l1", "changed") + (("leakage_ref", "l1_ref") if with_ref else ())
-        s["perfect"] = {key: _mean([p[key] for p in perfect]) for key in keys}
-        s["perfect"]["kept"] = _mean([p["kept"] for p in perfect if p["kept"] is not None])
-        s["perfect"]["clean"] = _mean([p["success"] and p["kept"] is not False for p in perfect])
+    # to the lambda-1 image, the paper's Figure 4 reference
+    s["leakage_ref"] = [_mean([r["leakage_ref"][j] for r in records]) for j in range(len(lambdas))]
+    s["l1_ref"] = [_mean([r["l1_ref"][j] for r in records]) for j in range(len(lambdas))]
+    perfect = [r["perfect"] for r in records]
+    s["perfect"] = {key: _mean([p[key] for p in perfect])
+                    for key in ("success", "leakage", "l1", "changed", "leakage_ref", "l1_ref")}
+    s["perfect"]["kept"] = _mean([p["kept"] for p in perfect if p["kept"] is not None])
+    s["perfect"]["clean"] = _mean([p["success"] and p["kept"] is not False for p in perfect])
     with_others = [r for r in records if r["kept"][0] is not None]
     s["n_kept"] = len(with_others)
     s["kept"] = [_mean([r["kept"][j] for r in with_others]) for j in range(len(lambdas))]
@@ -470,15 +336,15 @@ def summarise(records: list[dict], lambdas: Sequence[float]) -> dict:
                                       for t in range(len(IOU_THRESHOLDS))) for k in kinds}
                         for name in names}
     s["halving_lambdas"] = halving_lambdas(lambdas, s["success"], s["leakage"])
-    if with_ref:
-        s["halving_lambdas_ref"] = halving_lambdas(lambdas, s["success"], s["leakage_ref"])
+    s["halving_lambdas_ref"] = halving_lambdas(lambdas, s["success"], s["leakage_ref"])
     return s
 
 
 def halving_lambdas(lambdas: Sequence[float], success: Sequence[float], leakage: Sequence[float],
                     max_loss: float = 0.05) -> list[float]:
     """The lambdas after the first (lambda 0) whose leakage is at most half of lambda 0's
-    while their success is at most `max_loss` below it (issue #5's target)."""
+    while their success is at most `max_loss` below it: the leakage target the shapes model
+    is measured against."""
     return [lam for j, lam in enumerate(lambdas)
             if j > 0 and leakage[j] <= leakage[0] / 2 and success[j] >= success[0] - max_loss]
 
@@ -491,7 +357,7 @@ def format_table(summary: dict) -> str:
     for k, v in summary["success_by_kind"].items():
         lines.append(f"| {k} | {summary['count_by_kind'][k]} | {100 * v:.1f} % |")
     lines.append(f"| **overall** | {summary['n']} | **{100 * summary['success'][0]:.1f} %** |")
-    by_phrasing = summary.get("success_by_phrasing", {})
+    by_phrasing = summary["success_by_phrasing"]
     if any(by_phrasing.values()):
         lines += ["", "| edit kind | phrasing | n | success (lambda 0) |", "|---|---|---|---|"]
         for k, per in by_phrasing.items():
@@ -502,8 +368,8 @@ def format_table(summary: dict) -> str:
     lines += ["", f"region-hold reads the paper range's map from {rows}"]
     if summary.get("keep_unchanged_pixels"):
         lines += ["", "pixels where no token changed are the source's own (--keep-unchanged-pixels)"]
-    # the L1 columns: to the source, and to the lambda-1 image where the records have it
-    l1_keys = ["leakage", "l1"] + (["leakage_ref", "l1_ref"] if "leakage_ref" in summary else [])
+    # the L1 columns: to the source, and to the lambda-1 image
+    l1_keys = ["leakage", "l1", "leakage_ref", "l1_ref"]
     l1_names = {"leakage": "leakage (L1 outside region)", "l1": "L1 to source",
                 "leakage_ref": "leakage to the lambda-1 image", "l1_ref": "L1 to the lambda-1 image"}
     header = ["lambda", "success", "others kept", "clean edits", *(l1_names[k] for k in l1_keys), "tokens changed"]
@@ -517,11 +383,10 @@ def format_table(summary: dict) -> str:
                           f"{100 * summary['clean'][j]:.1f} %", *(f"{summary[k][j]:.4f}" for k in l1_keys),
                           f"{100 * summary['changed'][j]:.1f} %"]))
     lines.append(row(["VQ floor", "", "", "", f"{summary['leakage_floor']:.4f}", *[""] * len(l1_keys)]))
-    if "perfect" in summary:
-        p = summary["perfect"]
-        lines.append(row(["perfect edit (the target's own tokens)", f"{100 * p['success']:.1f} %",
-                          f"{100 * p['kept']:.1f} %", f"{100 * p['clean']:.1f} %",
-                          *(f"{p[k]:.4f}" for k in l1_keys), f"{100 * p['changed']:.1f} %"]))
+    p = summary["perfect"]
+    lines.append(row(["perfect edit (the target's own tokens)", f"{100 * p['success']:.1f} %",
+                      f"{100 * p['kept']:.1f} %", f"{100 * p['clean']:.1f} %",
+                      *(f"{p[k]:.4f}" for k in l1_keys), f"{100 * p['changed']:.1f} %"]))
     kept_kinds = summary["kept_by_kind"]
     lines += ["", f"others kept: {summary['n_kept']} edits whose scene has shapes the instruction does not "
               "touch; at lambda 0 by kind: "
@@ -532,9 +397,8 @@ def format_table(summary: dict) -> str:
 
     lines.append("")
     lines.append("lambdas that halve leakage losing <= 5 points of success: " + listed(summary["halving_lambdas"]))
-    if "halving_lambdas_ref" in summary:
-        lines.append("the same, leakage measured to the lambda-1 image (the paper's Figure 4 reference): "
-                     + listed(summary["halving_lambdas_ref"]))
+    lines.append("the same, leakage measured to the lambda-1 image (the paper's Figure 4 reference): "
+                 + listed(summary["halving_lambdas_ref"]))
     lines += ["", "| block range | " + " | ".join(f"IoU@{t:.1f}" for t in summary["iou_thresholds"])
               + " | best |", "|---|" + "---|" * (len(summary["iou_thresholds"]) + 1)]
     for name, values in summary["iou"].items():
@@ -547,8 +411,8 @@ def format_table(summary: dict) -> str:
 
 
 def plot_curve(summary: dict, path: Path) -> None:
-    """Figure 4 analogue: L1 and leakage (to the source and, where measured, to the lambda-1
-    image, the paper's reference) and success against lambda."""
+    """Figure 4 analogue: L1 and leakage (to the source and to the lambda-1 image, the paper's
+    reference) and success against lambda."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -558,13 +422,11 @@ def plot_curve(summary: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
     ax.plot(lam, summary["l1"], "o-", label="L1 to source (all pixels)")
     ax.plot(lam, summary["leakage"], "s-", label="leakage (outside target)")
-    if "l1_ref" in summary:
-        ax.plot(lam, summary["l1_ref"], "o--", color="tab:blue", alpha=0.6, label="L1 to the lambda-1 image")
-        ax.plot(lam, summary["leakage_ref"], "s--", color="tab:orange", alpha=0.6,
-                label="leakage to the lambda-1 image")
+    ax.plot(lam, summary["l1_ref"], "o--", color="tab:blue", alpha=0.6, label="L1 to the lambda-1 image")
+    ax.plot(lam, summary["leakage_ref"], "s--", color="tab:orange", alpha=0.6,
+            label="leakage to the lambda-1 image")
     ax.axhline(summary["leakage_floor"], color="gray", ls=":", label="VQ round-trip floor")
-    if "perfect" in summary:
-        ax.axhline(summary["perfect"]["leakage"], color="tab:purple", ls="--", lw=1, label="perfect edit's leakage")
+    ax.axhline(summary["perfect"]["leakage"], color="tab:purple", ls="--", lw=1, label="perfect edit's leakage")
     ax.set_xlabel("lambda (region-hold threshold)")
     ax.set_ylabel("mean L1 (pixels in [0, 1])")
     ax2 = ax.twinx()
@@ -589,8 +451,8 @@ def contact_sheet(folder: Path, path: Path, rows: int = len(data.EDIT_KINDS)) ->
         Image.fromarray(np.concatenate(strips, axis=0)).save(path)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m editmgt.eval.shapes", description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m editmgt.research.shapes.eval", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="checkpoint folder (e.g. checkpoints/tiny-shapes)")
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
@@ -614,7 +476,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                              "scenes and phrasings (for choosing settings); val: training scenes "
                              "said with phrasings neither of the others uses (for choosing changes "
                              "that should read unseen phrasings)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,1 +1,0 @@
-"""Synthetic data for the offline shapes model (issue 5)."""

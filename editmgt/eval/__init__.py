@@ -1,1 +1,0 @@
-"""Evaluation of the shapes model (issue 5)."""
