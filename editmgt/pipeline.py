@@ -155,6 +155,14 @@ def _device(device: Union[str, torch.device]) -> torch.device:
     return device
 
 
+def micro_conditions(size: tuple[int, int], batch: int, device: Union[str, torch.device, None] = None) -> torch.Tensor:
+    """(B, 5) float32: width, height, crop top, crop left and aesthetic score, the
+    micro-conditions the released model was trained and sampled with (no crop, score 6)."""
+    width, height = size
+    row = torch.tensor([[width, height, 0, 0, AESTHETIC_SCORE]], dtype=torch.float32, device=device)
+    return row.expand(batch, -1)
+
+
 def read_json(path: Path) -> dict:
     """A JSON object from `path`, or {} when the file does not exist; CheckpointError naming
     the file when it cannot be read."""
@@ -322,10 +330,8 @@ class EditMGTPipeline:
         return self.text.encode(prompts)
 
     def micro_conditions(self, size: tuple[int, int], batch: int) -> torch.Tensor:
-        """(B, 5): width, height, crop top, crop left, aesthetic score."""
-        width, height = size
-        row = torch.tensor([[width, height, 0, 0, AESTHETIC_SCORE]], dtype=torch.float32, device=self.device)
-        return row.expand(batch, -1)
+        """(B, 5) on the model's device: see `micro_conditions`."""
+        return micro_conditions(size, batch, self.device)
 
     def predict(self, tokens: torch.LongTensor, reference: Optional[torch.LongTensor], text: TextEmbeddings,
                 micro_conds: torch.Tensor, timestep: torch.Tensor, *, guidance: float, gamma: float,

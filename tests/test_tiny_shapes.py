@@ -66,7 +66,7 @@ def fixed_removal(background: str = "white", others: tuple = (data.Shape("square
 def edit(pipe, triple: data.EditTriple, seed: int = 0, **kwargs):
     result = pipe.edit(triple.source, triple.instruction, steps=STEPS, guidance=GUIDANCE, gamma=GAMMA,
                        negative_prompt="", seed=seed, size=data.IMAGE_SIZE, sample_temperature=TEMPERATURE,
-                       **kwargs)
+                       draw="inverse-cdf", **kwargs)
     return result, np.asarray(result.image.convert("RGB"))
 
 
@@ -253,7 +253,7 @@ def untouched_kept(pipe, hold_lambda: float, seeds: tuple = (0, 1)) -> tuple[int
         keywords = data.KEYWORD_SETS[EvalSettings.hold_rows](triple.instruction)
         others = untouched_shapes(triple)
         for seed in seeds:
-            _, out = edit(pipe, triple, seed=seed, hold_lambda=hold_lambda, keyword=keywords)
+            _, out = edit(pipe, triple, seed=seed, hold_lambda=hold_lambda, keywords=keywords)
             kept += sum(has_shape(out, s) for s in others)
             total += len(others)
     return kept, total
@@ -289,7 +289,7 @@ def test_region_hold_keeps_the_outside(pipe):
     triple = fixed_colour_edit()
     keywords = data.KEYWORD_SETS[EvalSettings.hold_rows](triple.instruction)
     assert keywords == ["circle", "red"]
-    result, out = edit(pipe, triple, hold_lambda=HOLD_LAMBDA, keyword=keywords)
+    result, out = edit(pipe, triple, hold_lambda=HOLD_LAMBDA, keywords=keywords)
     recon = vq_round_trip(pipe, result.source_tokens)
     floor = outside_l1(recon, triple.source, triple.mask)
     # Outside the target region the held edit is as close to the source as the VQ round trip
@@ -303,8 +303,8 @@ def test_kept_pixels_beat_the_vq_round_trip_outside_the_edit(pipe):
     untouched blue square is the source's pixels exactly, and the circle still turns green."""
     triple = fixed_colour_edit()
     keywords = data.KEYWORD_SETS[EvalSettings.hold_rows](triple.instruction)
-    result, out = edit(pipe, triple, hold_lambda=HOLD_LAMBDA, keyword=keywords, keep_unchanged_pixels=True)
-    plain, plain_out = edit(pipe, triple, hold_lambda=HOLD_LAMBDA, keyword=keywords)
+    result, out = edit(pipe, triple, hold_lambda=HOLD_LAMBDA, keywords=keywords, keep_unchanged_pixels=True)
+    plain, plain_out = edit(pipe, triple, hold_lambda=HOLD_LAMBDA, keywords=keywords)
     assert torch.equal(result.edited_tokens, plain.edited_tokens)
     assert check_edit(out, triple)
     recon = vq_round_trip(pipe, result.source_tokens)
@@ -343,7 +343,7 @@ def test_perfect_edit_is_the_target_through_the_vq(pipe):
 def test_edit_runs_and_reports(pipe):
     triple = fixed_colour_edit()
     results = pipe.sweep(triple.source, triple.instruction, [0.0, 1.0], steps=4, guidance=GUIDANCE,
-                         gamma=GAMMA, negative_prompt="", seed=1, size=data.IMAGE_SIZE)
+                         gamma=GAMMA, negative_prompt="", seed=1, size=data.IMAGE_SIZE, draw="inverse-cdf")
     assert [r.image.size for r in results] == [(data.IMAGE_SIZE, data.IMAGE_SIZE)] * 2
     assert results[1].changed_fraction == 0.0            # lambda 1 holds every token
     assert results[0].attention_grid is not None
@@ -461,13 +461,13 @@ def test_region_hold_reads_the_keywords_it_is_given(pipe):
     matches the naming words' has others), so every word is tried."""
     triple = fixed_colour_edit()
     plain, _ = edit(pipe, triple, hold_lambda=0.5)
-    words, _ = edit(pipe, triple, hold_lambda=0.5, keyword=["red", "circle", "green"])
-    again, _ = edit(pipe, triple, hold_lambda=0.5, keyword=["green", "circle", "red"])
+    words, _ = edit(pipe, triple, hold_lambda=0.5, keywords=["red", "circle", "green"])
+    again, _ = edit(pipe, triple, hold_lambda=0.5, keywords=["green", "circle", "red"])
     assert torch.equal(words.attention_grid, again.attention_grid)
     assert 0 < words.held_mask.sum() < words.held_mask.numel()
     steering = []
     for word in triple.instruction.split():
-        one, _ = edit(pipe, triple, hold_lambda=0.5, keyword=[word])
+        one, _ = edit(pipe, triple, hold_lambda=0.5, keywords=[word])
         if ((one.attention_grid - plain.attention_grid).abs().max() > 0.05
                 and not torch.equal(one.held_mask, plain.held_mask)):
             steering.append(word)

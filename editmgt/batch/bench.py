@@ -2,7 +2,7 @@
 
     python -m editmgt.batch.bench [--rows 32] [--workers 1,2] [--model tiny-shapes] [--out DIR]
 
-Writes a manifest of held-out shapes edits (`editmgt.data.shapes`, split 'eval'), starts one
+Writes a manifest of held-out shapes edits (`editmgt.research.shapes.data`, split 'eval'), starts one
 local Ray, then runs the same `batch` once per worker count into its own run folder and
 prints, per worker count: wall seconds of the whole job (actor start and model loading
 included), edits per second over the whole job, edits per second once the first edit came
@@ -26,7 +26,7 @@ def write_shapes_manifest(folder: Path, rows: int, seed: int = 0) -> Path:
     """`rows` held-out shapes edits as PNGs + manifest.jsonl (image, target, mask, instruction)."""
     from PIL import Image
 
-    from editmgt.data.shapes import make_triple
+    from editmgt.research.shapes.data import make_triple
 
     folder.mkdir(parents=True, exist_ok=True)
     lines = []

@@ -68,7 +68,7 @@ def row_keywords(job: EditJob, instruction: str) -> Optional[tuple[str, ...]]:
     if job.settings.keywords:
         return job.settings.keywords
     if job.model.keyword_set:
-        from editmgt.data.shapes import KEYWORD_SETS
+        from editmgt.research.shapes.data import KEYWORD_SETS
 
         return tuple(KEYWORD_SETS[job.model.keyword_set](instruction or "")) or None
     return None

@@ -31,7 +31,7 @@ class ModelSource:
     revision: Optional[str]  # Hub revision (a commit id when pinned); None for a folder
     settings: EditSettings  # recommended settings, before the command line's flags
     resolution: Optional[int] = None  # model resolution; None = the checkpoint's own
-    keyword_set: Optional[str] = None  # editmgt.data.shapes.KEYWORD_SETS name read when no --keywords
+    keyword_set: Optional[str] = None  # editmgt.research.shapes.data.KEYWORD_SETS name read when no --keywords
     zoo_id: Optional[str] = None
 
     def describe(self) -> dict:

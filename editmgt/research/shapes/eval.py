@@ -59,6 +59,7 @@ import torch
 from PIL import Image
 
 from editmgt.images import changed_alpha, keep_unchanged, to_tensor
+from editmgt.pipeline import micro_conditions
 from editmgt.research.shapes import data
 from editmgt.research.shapes.checks import check_edit, iou, l1_to, others_kept, outside_l1
 from editmgt.train.objective import ObjectiveConfig
@@ -103,9 +104,8 @@ def attention_scores(pipe, tokens: torch.Tensor, source_tokens: torch.Tensor, in
     text = pipe.text.encode([instruction])
     dtype = next(model.parameters()).dtype
     blocks = tuple(sorted({b for r in ranges.values() for b in r}))
-    micro = torch.tensor([[size, size, 0, 0, 6]], dtype=torch.float32, device=device)
     out = model(tokens[None].to(device), text.states.to(device, dtype), text.pooled.to(device, dtype),
-                micro, torch.zeros(1, dtype=torch.long, device=device),
+                micro_conditions((size, size), 1, device), torch.zeros(1, dtype=torch.long, device=device),
                 reference_tokens=source_tokens[None].to(device), gamma=gamma,
                 probe=AttentionProbe(blocks=blocks, rows=rows))
     h, w = tokens.shape
@@ -156,6 +156,8 @@ class EvalSettings:
     lambdas: tuple[float, ...] = DEFAULT_LAMBDAS
     # the sampler's token draw, softmax(logits / t): chosen on the training split (docs/SHAPES.md)
     sample_temperature: float = 0.25
+    # the token draw the model was trained and measured with (same distribution as "released")
+    draw: str = "inverse-cdf"
     # the text rows region-hold's map reads: a keyword set of data.KEYWORD_SETS ("locating", the
     # words that find the edit: the paper's keyword set M of Eq. 3 and the rows the shapes
     # recipe grounds; "naming" adds the new colour or kind) or "all"; an instruction without
@@ -229,10 +231,10 @@ def evaluate(model_dir: str | Path, n: int = 300, seed: int = 0,
         keywords = {name: words_of(tr.instruction) for name, words_of in data.KEYWORD_SETS.items()}
         hold_words = keywords.get(settings.hold_rows) or None       # the keyword set M, or all rows
         outs = pipe.sweep(Image.fromarray(tr.source), tr.instruction, lambdas, steps=settings.steps,
-                          guidance=settings.guidance, gamma=settings.gamma, keyword=hold_words,
+                          guidance=settings.guidance, gamma=settings.gamma, keywords=hold_words,
                           smoothing=settings.smoothing, smoothing_strength=settings.smoothing_strength,
                           negative_prompt=settings.negative_prompt, seed=seed * 1_000_003 + i,
-                          size=size, sample_temperature=settings.sample_temperature,
+                          size=size, sample_temperature=settings.sample_temperature, draw=settings.draw,
                           keep_unchanged_pixels=settings.keep_unchanged_pixels)
         recon = _to_uint8(pipe.vq.decode(outs[0].source_tokens[None])[0])
         perfect, perfect_changed = perfect_edit(pipe, tr, outs[0].source_tokens, settings.keep_unchanged_pixels)

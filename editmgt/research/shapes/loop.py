@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from editmgt.pipeline import micro_conditions
 from editmgt.research.shapes import data
 from editmgt.research.shapes.recipe import ShapesRecipe
 from editmgt.research.shapes.sampling import (EpochSampler, PromptSampler, ReadingSpan, copy_batch,
@@ -52,7 +53,7 @@ def train_transformer(model: torch.nn.Module, text, enc: EncodedTriples, recipe:
     prompts = PromptSampler(enc.instructions, recipe.phrasing_noise, recipe.objective.text_dropout,
                             null_prompts, seed=recipe.seed + 60, keep=recipe.phrasing_keeps,
                             insert_known=recipe.phrasing_insert_known)
-    micro = torch.tensor([[recipe.image_size, recipe.image_size, 0, 0, 6]], dtype=torch.float32)
+    micro = micro_conditions((recipe.image_size, recipe.image_size), 1)
     kinds = enc.kinds
     mixed = EpochSampler([i for i, k in enumerate(kinds) for _ in range(recipe.kind_repeats.get(k, 1))], gen)
     reading = (EpochSampler([i for i, k in enumerate(kinds) if k in recipe.reading_kinds], gen)

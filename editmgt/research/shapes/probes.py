@@ -81,7 +81,7 @@ def text_stream_similarity(pipe, instruction: str, source: np.ndarray,
               for k, b in enumerate(blocks)]
     try:
         model(torch.full_like(src, model.config.mask_token_id), emb.states.to(model.dtype),
-              emb.pooled.to(model.dtype), pipe._micro_conds((source.shape[1], source.shape[0]), 1),
+              emb.pooled.to(model.dtype), pipe.micro_conditions((source.shape[1], source.shape[0]), 1),
               torch.full((1,), steps - 1, device=pipe.device), reference_tokens=src)
     finally:
         for h in hooks:
@@ -116,7 +116,7 @@ def _first_step_logits(pipe, source_tokens: torch.Tensor, instructions: Sequence
     n, size = len(instructions), source_tokens.shape[-1] * pipe.vq.scale_factor
     emb = pipe.text.encode(list(instructions))
     out = model(torch.full_like(source_tokens, model.config.mask_token_id).to(pipe.device),
-                emb.states.to(model.dtype), emb.pooled.to(model.dtype), pipe._micro_conds((size, size), n),
+                emb.states.to(model.dtype), emb.pooled.to(model.dtype), pipe.micro_conditions((size, size), n),
                 torch.full((n,), steps - 1, device=pipe.device), reference_tokens=source_tokens.to(pipe.device))
     return out.logits.float().cpu()
 
@@ -235,7 +235,7 @@ def keeping_through_sampling(pipe, triples: Sequence[data.EditTriple], guidance:
         result = pipe.edit(triple.source, triple.instruction, steps=settings.steps, guidance=guidance,
                            gamma=settings.gamma, negative_prompt=settings.negative_prompt,
                            seed=seed * 1_000_003 + i, size=triple.source.shape[0],
-                           sample_temperature=settings.sample_temperature,
+                           sample_temperature=settings.sample_temperature, draw=settings.draw,
                            callback=lambda t: traces.append((t.tokens[0].cpu(), t.predicted[0].cpu())))
         source = result.source_tokens
         total += int(where.sum())
@@ -262,7 +262,8 @@ def sampled_edit(pipe, settings: EvalSettings = EvalSettings()) -> Edit:
     def edit(source: np.ndarray, instruction: str, seed: int) -> np.ndarray:
         result = pipe.edit(source, instruction, steps=settings.steps, guidance=settings.guidance,
                            gamma=settings.gamma, negative_prompt=settings.negative_prompt, seed=seed,
-                           size=source.shape[0], sample_temperature=settings.sample_temperature)
+                           size=source.shape[0], sample_temperature=settings.sample_temperature,
+                           draw=settings.draw)
         return np.asarray(result.image.convert("RGB"))
     return edit
 
