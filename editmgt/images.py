@@ -10,7 +10,6 @@ import io
 import logging
 import math
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
@@ -145,13 +144,6 @@ def load_image(src: ImageSource, max_bytes: int = MAX_IMAGE_BYTES, max_pixels: i
 
 
 # ---------------------------------------------------------------------- resizing
-@dataclass(frozen=True)
-class PreparedImage:
-    original_size: tuple[int, int]  # (width, height) of the input
-    size: tuple[int, int]  # (width, height) given to the model
-    resized: bool
-
-
 def check_aspect_ratio(image_size: tuple[int, int], what: str = "the image") -> None:
     """InputError when `image_size` (width, height) is empty or longer than MAX_ASPECT_RATIO
     times its shorter side (a 1 x 4000 strip would become a grid one token thin)."""
@@ -199,24 +191,6 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     """PIL RGB -> (1, 3, H, W) float32 in [0, 1]."""
     array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     return torch.from_numpy(array.copy()).permute(2, 0, 1)[None]
-
-
-def prepare_image(
-    image: ImageSource,
-    size: Optional[Union[int, tuple[int, int]]] = None,
-    multiple: int = 16,
-    resample: int = Image.BICUBIC,
-) -> tuple[torch.Tensor, PreparedImage]:
-    """Image -> ((1, 3, H, W) in [0, 1], info), H and W multiples of `multiple`
-    (VQ scale x transformer down-sample), resized as `fit_size` says; a resize is logged."""
-    pil = load_image(image)
-    original = pil.size
-    target = fit_size(original, size, multiple)
-    resized = target != original
-    if resized:
-        logger.info("resizing image from %dx%d to %dx%d (multiple of %d)", *original, *target, multiple)
-        pil = pil.resize(target, resample)
-    return to_tensor(pil), PreparedImage(original_size=original, size=target, resized=resized)
 
 
 # ---------------------------------------------------------------------- masks

@@ -207,14 +207,16 @@ DOC = REPO_ROOT / "docs" / "BATCH.md"
 def test_batch_doc_states_the_pins_the_code_uses():
     from editmgt.batch import metrics
     from editmgt.batch.score import BENCHMARKS
-    from editmgt.hub import EDITMGT_REVISION
+    from editmgt_app.zoo import load_zoo
+
+    released = load_zoo(REPO_ROOT / "checkpoints.yaml")["editmgt"].source.revision  # the pinned checkpoint
 
     text = DOC.read_text()
     for preset in PRESETS.values():
         assert f"`{preset.repo}` @ `{preset.revision}`" in text and f"| `{preset.split}`" in text, preset.name
     for repo, revision in ((metrics.CLIP_MODEL, metrics.CLIP_REVISION), (metrics.DINO_MODEL, metrics.DINO_REVISION)):
         assert f"`{repo}` | `{revision}`" in text
-    assert EDITMGT_REVISION in text
+    assert released in text
     for bench, row in (("emu-edit", "Emu Edit test set"), ("magicbrush", "MagicBrush test set")):
         paper = BENCHMARKS[bench].paper
         assert f"| {row} | {paper['clip_i']:.3f} | {paper['clip_t']:.3f} | {paper['l1']:.3f} | {paper['dino']:.3f} |" in text

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +11,7 @@ import torch
 from PIL import Image
 
 from editmgt.errors import InputError
-from editmgt.images import (MAX_ASPECT_RATIO, changed_alpha, fit_size, keep_unchanged, load_image, load_mask,
-                            prepare_image)
+from editmgt.images import MAX_ASPECT_RATIO, changed_alpha, fit_size, keep_unchanged, load_image, load_mask
 
 
 def _png(image: Image.Image, **kwargs) -> bytes:
@@ -144,17 +142,10 @@ def test_decompression_bomb_checked_before_decoding(monkeypatch: pytest.MonkeyPa
         load_image(data, max_pixels=10**9)  # Pillow's own guard, turned into InputError
 
 
-def test_prepare_image_resizes_to_multiples(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="editmgt.images"):
-        tensor, info = prepare_image(_rgb(100, 50), size=64, multiple=16)
-    assert info.resized and info.original_size == (100, 50)
-    w, h = info.size
+def test_fit_size_keeps_the_aspect_in_multiples() -> None:
+    w, h = fit_size((100, 50), 64, 16)
     assert w % 16 == 0 and h % 16 == 0 and w > h
-    assert tensor.shape == (1, 3, h, w) and tensor.dtype == torch.float32
-    assert 0 <= tensor.min() and tensor.max() <= 1
-    assert "resizing image" in caplog.text
-    same, info = prepare_image(_rgb(64, 32), multiple=16)
-    assert not info.resized and same.shape == (1, 3, 32, 64)
+    assert fit_size((64, 32), None, 16) == (64, 32)
     assert fit_size((64, 32), (70, 60), 16) == (64, 64)
     assert fit_size((5, 5), None, 16) == (16, 16)
     with pytest.raises(InputError):
