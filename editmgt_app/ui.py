@@ -51,7 +51,8 @@ DISPLAY_MIN_SIDE = 256  # the page shows smaller pictures (64 px shapes scenes) 
 CSS = """
 #source-image img, #edit-output img, #generated img { image-rendering: pixelated; }
 #source-image img { min-width: 60%; min-height: 60%; object-fit: contain; }
-#sweep-gallery .grid-wrap { overflow-x: auto; }
+#sweep-gallery .thumbnail-item { height: auto; aspect-ratio: auto; display: flex; flex-direction: column; }
+#sweep-gallery .caption-label { position: static; transform: none; max-width: 100%; margin: 2px auto; }
 """
 
 
@@ -254,10 +255,12 @@ class PageText:
         """One line: what the model can do, and whether it can run now."""
         if model_id not in self.zoo:
             return ""
-        entry, resolved = self.zoo[model_id], self.service.manager.resolve(model_id)
-        where = (f"**unavailable:** {resolved.reason}" if not resolved.available
-                 else f"{entry.resolution} px, {resolved.reason or 'ready'}")
-        return f"**{entry.label}**: {entry.summary} ({where})"
+        entry = self.zoo[model_id]
+        row = next(r for r in self.service.models() if r["id"] == model_id)
+        if row["state"] == "unavailable":
+            return f"**{entry.label}**: {entry.summary}\n\n**Unavailable:** {row['reason']}"
+        state = f"{row['state']}{': ' + row['reason'] if row['reason'] else ''}"
+        return f"**{entry.label}**: {entry.summary} ({entry.resolution} px; {state})"
 
     def status(self, model_id: Optional[str] = None) -> str:
         state = ""
@@ -266,18 +269,22 @@ class PageText:
             state = f"**{model_id}**: {row['state']}{' (' + row['reason'] + ')' if row['reason'] else ''} | "
         return f"{state}{self.service.manager.summary_line()}"
 
-    def models_table(self) -> list[list[Any]]:
-        rows = []
+    def models_table(self) -> str:
+        """The zoo as a markdown table: each model's task, state, what it can do, the settings it
+        recommends (those that differ from EditSettings' defaults) and where its weights are."""
+        def cell(value: Any) -> str:
+            return str(value).replace("|", "\\|").replace("\n", " ")
+
+        lines = ["| model | task | state | what it can do | recommended settings | weights |",
+                 "|---|---|---|---|---|---|"]
         for m in self.service.models():
             recommended = ", ".join(f"{k} {v}" for k, v in m["settings"].items()
-                                    if v != settings.spec(k)["default"])
-            rows.append([m["id"], m["label"], m["task"], m["inputs"], m["state"], m["reason"], m["summary"],
-                         m["resolution"], recommended or "the library's defaults", m["source"]])
-        return rows
-
-
-MODELS_TABLE_HEADERS = ["id", "label", "task", "inputs", "state", "detail", "can do", "resolution",
-                        "recommended settings", "source"]
+                                    if v != settings.spec(k)["default"] and k != "negative_prompt")
+            state = f"**{m['state']}**" + (f": {m['reason']}" if m["reason"] else "")
+            lines.append("| " + " | ".join(cell(c) for c in (
+                f"**{m['id']}** ({m['label']})", f"{m['task']}, {m['inputs']}, {m['resolution']} px", state,
+                m["summary"], recommended or "the library's defaults", m["source"])) + " |")
+        return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------- layout
@@ -318,6 +325,13 @@ def edit_tab(text: PageText, default_model: str, default_8bit: bool) -> EditTab:
                                        info="quantise transformer + Gemma2 linears")
             card = gr.Markdown(text.card(default_model), elem_id="model-card")
             run = gr.Button("Edit", variant="primary", elem_id="run-edit")
+            examples = {}
+            for inputs, found in _examples_by_inputs().items():
+                with gr.Column(visible=inputs == entry.inputs, elem_id=f"examples-{inputs}") as column:
+                    gr.Examples(examples=[[e["path"], e["instruction"]] for e in found], inputs=[image, instruction],
+                                example_labels=[f"{Path(e['file']).stem}: {e['instruction']}" for e in found],
+                                label=EXAMPLE_LABELS[inputs], cache_examples=False)
+                examples[inputs] = column
             with gr.Accordion("Mask brush (optional: paint where to edit)", open=False):
                 mask = gr.ImageMask(label="Mask", type="pil", sources=[], elem_id="mask-brush", height=320)
             with gr.Accordion("Advanced (blank boxes: the model's recommendation)", open=False):
@@ -341,15 +355,8 @@ def edit_tab(text: PageText, default_model: str, default_8bit: bool) -> EditTab:
                 curve = gr.Image(label="L1 to source vs lambda", type="pil", format="png", interactive=False,
                                  elem_id="curve", height=380)
                 info = gr.JSON(label="Info", elem_id="info")
-            gallery = gr.Gallery(label="Sweep", format="png", columns=len(DEFAULT_SWEEP) + 1, height="auto",
-                                 object_fit="contain", elem_id="sweep-gallery")
-    examples = {}
-    for inputs, found in _examples_by_inputs().items():
-        with gr.Column(visible=inputs == entry.inputs, elem_id=f"examples-{inputs}") as column:
-            gr.Examples(examples=[[e["path"], e["instruction"]] for e in found], inputs=[image, instruction],
-                        example_labels=[f"{Path(e['file']).stem}: {e['instruction']}" for e in found],
-                        label=EXAMPLE_LABELS[inputs], cache_examples=False)
-        examples[inputs] = column
+            gallery = gr.Gallery(label="Sweep (one image per lambda)", format="png", columns=len(DEFAULT_SWEEP) + 1,
+                                 height=190, object_fit="contain", elem_id="sweep-gallery")
     return EditTab(image, instruction, model, use_8bit, card, run, mask, controls_, seed, randomize, run_sweep,
                    grid, slider, heat, curve, info, gallery, examples)
 
@@ -404,9 +411,10 @@ def generate_tab(text: PageText, default_model: str) -> GenerateTab:
     return GenerateTab(prompt, model, controls_, seed, randomize, use_8bit, run, image, info)
 
 
-def models_tab(text: PageText) -> tuple[gr.Dataframe, gr.Button]:
-    table = gr.Dataframe(value=text.models_table(), headers=MODELS_TABLE_HEADERS, interactive=False, wrap=True,
-                         label="Zoo and status (checkpoints.yaml)", elem_id="models-table")
+def models_tab(text: PageText) -> tuple[gr.Markdown, gr.Button]:
+    table = gr.Markdown(text.models_table(), elem_id="models-table")
+    gr.Markdown("The zoo is `checkpoints.yaml`: add your own fine-tune by copying an entry. A model loads on "
+                "first use; the API's `models` endpoint gives the same as JSON.")
     refresh = gr.Button("Refresh")
     return table, refresh
 
@@ -439,16 +447,17 @@ def wire_edit_tab(service: EditService, text: PageText, tab: EditTab, status: gr
                            mask=lambda size: mask_from_editor(mask_value, size), load_8bit=bool(load_8bit),
                            sweep=parse_lambdas(grid) if run_sweep else None, progress=_progress_fn(progress))
         gallery = [(for_display(image_), caption) for image_, caption in out.sweep_images] or None
-        return ((for_display(out.source), for_display(out.edited)), out.heatmap, out.curve,
+        return ((for_display(out.source), for_display(out.edited)), for_display(out.heatmap), out.curve,
                 gr.Gallery(value=gallery, columns=max(1, len(gallery or ()))), out.info, out.info["seed"],
-                text.status(model))
+                text.card(model), text.status(model))
 
     tab.model.change(on_model_change, tab.model, model_outputs, api_visibility="private", queue=False)
     tab.image.change(on_image_change, tab.image, tab.mask, api_visibility="private")
     gr.on([tab.run.click, tab.instruction.submit], ui_edit,
           [tab.image, tab.instruction, tab.model, tab.use_8bit, tab.mask, tab.seed, tab.randomize, tab.run_sweep,
-           tab.grid], [tab.slider, tab.heat, tab.curve, tab.gallery, tab.info, tab.seed, status],
-          inputs_kwargs=tab.settings, api_visibility="private", **GPU)
+           tab.grid], [tab.slider, tab.heat, tab.curve, tab.gallery, tab.info, tab.seed, tab.card, status],
+          inputs_kwargs=tab.settings, api_visibility="private",
+          show_progress_on=[tab.slider, tab.heat, tab.curve, tab.info, tab.gallery], **GPU)
 
 
 def wire_generate_tab(service: EditService, text: PageText, tab: GenerateTab, status: gr.Markdown) -> None:
@@ -570,13 +579,13 @@ def build_demo(service: EditService, default_model: str, title: str = "EditMGT",
                 edit = edit_tab(text, default_model, default_8bit)
             with gr.Tab("Text to image", id="t2i"):
                 generate = generate_tab(text, t2i_default)
-            with gr.Tab("Models", id="models"):
+            with gr.Tab("Models", id="models") as models:
                 table, refresh = models_tab(text)
         status = gr.Markdown(text.status(default_model), elem_id="status")
 
         wire_edit_tab(service, text, edit, status)
         wire_generate_tab(service, text, generate, status)
-        refresh.click(text.models_table, None, table, api_visibility="private", queue=False)
+        gr.on([refresh.click, models.select], text.models_table, None, table, api_visibility="private", queue=False)
         demo.load(lambda: (text.status(default_model), text.models_table(), gr.update(choices=text.choices()),
                            gr.update(choices=text.choices())),
                   None, [status, table, edit.model, generate.model], api_visibility="private", queue=False)
