@@ -58,10 +58,11 @@ def slider_step(name: str) -> float:
     return 10 ** math.floor(math.log10((info["high"] - info["low"]) / 100))
 
 
-def page_control(name: str, value: Any) -> gr.Component:
-    """The page's control of setting `name`, showing `value` (a setting value)."""
+def page_control(name: str, value: Any, elem_prefix: str = "setting-") -> gr.Component:
+    """The page's control of setting `name`, showing `value` (a setting value); its elem_id is
+    `elem_prefix` + name."""
     info, what = spec(name), kind(name)
-    common = dict(label=label(name), info=info["help"], elem_id=f"setting-{name}")
+    common = dict(label=label(name), info=info["help"], elem_id=f"{elem_prefix}{name}")
     shown = to_control(name, value)
     if what == "checkbox":
         return gr.Checkbox(value=shown, **common)

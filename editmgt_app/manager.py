@@ -227,7 +227,7 @@ class ModelManager:
             memory_mb=round(sum(m.nbytes for m, _ in loaded) / 2**20, 2),
             settings=entry.settings.as_dict(), resolution=entry.resolution, inputs=entry.inputs,
             summary=entry.summary, description=entry.description,
-            source=(f"{resolved.location}@{resolved.revision}" if resolved.revision else str(resolved.location))
+            source=(f"{resolved.location}@{resolved.revision}" if resolved.revision else str(resolved.location or ""))
             + (f" (via {resolved.via})" if resolved.via != "checkpoints.yaml" else ""),
         )
 

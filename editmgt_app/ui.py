@@ -239,41 +239,41 @@ class PageText:
         self.service = service
         self.zoo = service.manager.zoo
 
-    def choices(self, task: Optional[str] = None) -> list[tuple[str, str]]:
+    def choices(self) -> list[tuple[str, str]]:
         """(label, id) for the model pickers; unavailable models say so, with the reason."""
         out = []
         for model_id in self.zoo.ids:
             resolved = self.service.manager.resolve(model_id)
             label = self.zoo[model_id].label
             if not resolved.available:  # the reason's first clause; the card has all of it
-                reason = re.split(r";| \(", resolved.reason)[0]
+                reason = public_message(re.split(r";| \(", resolved.reason)[0])
                 label += f" - unavailable: {reason[:70]}{'...' if len(reason) > 70 else ''}"
             out.append((label, model_id))
         return out
 
     def card(self, model_id: str) -> str:
-        """One line: what the model can do, and whether it can run now."""
+        """What the model can do (its zoo summary), and whether it can run now (why not)."""
         if model_id not in self.zoo:
             return ""
         entry = self.zoo[model_id]
         row = next(r for r in self.service.models() if r["id"] == model_id)
         if row["state"] == "unavailable":
-            return f"**{entry.label}**: {entry.summary}\n\n**Unavailable:** {row['reason']}"
+            return public_message(f"**{entry.label}**: {entry.summary}\n\n**Unavailable:** {row['reason']}")
         state = f"{row['state']}{': ' + row['reason'] if row['reason'] else ''}"
-        return f"**{entry.label}**: {entry.summary} ({entry.resolution} px; {state})"
+        return public_message(f"**{entry.label}**: {entry.summary} ({entry.resolution} px; {state})")
 
     def status(self, model_id: Optional[str] = None) -> str:
         state = ""
         if model_id in self.zoo:
             row = next(r for r in self.service.models() if r["id"] == model_id)
             state = f"**{model_id}**: {row['state']}{' (' + row['reason'] + ')' if row['reason'] else ''} | "
-        return f"{state}{self.service.manager.summary_line()}"
+        return public_message(f"{state}{self.service.manager.summary_line()}")
 
     def models_table(self) -> str:
         """The zoo as a markdown table: each model's task, state, what it can do, the settings it
         recommends (those that differ from EditSettings' defaults) and where its weights are."""
         def cell(value: Any) -> str:
-            return str(value).replace("|", "\\|").replace("\n", " ")
+            return public_message(str(value)).replace("|", "\\|").replace("\n", " ")
 
         lines = ["| model | task | state | what it can do | recommended settings | weights |",
                  "|---|---|---|---|---|---|"]
@@ -283,7 +283,8 @@ class PageText:
             state = f"**{m['state']}**" + (f": {m['reason']}" if m["reason"] else "")
             lines.append("| " + " | ".join(cell(c) for c in (
                 f"**{m['id']}** ({m['label']})", f"{m['task']}, {m['inputs']}, {m['resolution']} px", state,
-                m["summary"], recommended or "the library's defaults", m["source"])) + " |")
+                m["summary"], recommended or "the library's defaults",
+                m["source"] or "not configured")) + " |")
         return "\n".join(lines)
 
 
@@ -394,11 +395,8 @@ def generate_tab(text: PageText, default_model: str) -> GenerateTab:
             prompt = gr.Textbox(label="Prompt", lines=2, max_length=MAX_INSTRUCTION_CHARS, elem_id="prompt")
             model = gr.Dropdown(choices=text.choices(), value=default_model, label="Model", elem_id="t2i-model")
             with gr.Accordion("Settings", open=False):
-                controls_ = {}
-                for name in GENERATE_SETTINGS:
-                    control = controls.page_control(name, getattr(entry.settings, name))
-                    control.elem_id = f"t2i-setting-{name}"
-                    controls_[name] = control
+                controls_ = {name: controls.page_control(name, getattr(entry.settings, name), "t2i-setting-")
+                             for name in GENERATE_SETTINGS}
             with gr.Row():
                 seed = gr.Number(value=0, precision=0, label="Seed")
                 randomize = gr.Checkbox(value=True, label="Randomize seed")

@@ -94,3 +94,20 @@ def test_command_line_settings_are_checked_by_edit_settings(tmp_path, flag, valu
     with caplog.at_level(logging.ERROR):
         assert main(argv) == 2
     assert "guidance must be a number in [0.0, 20.0], got 30.0" in caplog.text
+
+
+def test_readme_command_line_examples_parse_and_use_shipped_images():
+    import shlex
+
+    from editmgt.__main__ import build_parser
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Command line", 1)[1].split("\n#", 1)[0]
+    block = section.split("```bash", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    commands = [line for line in block.splitlines() if line.startswith("python -m editmgt edit")]
+    assert len(commands) >= 2
+    parser = build_parser()
+    for line in commands:
+        args = parser.parse_args(shlex.split(line)[3:])
+        assert (ROOT / args.image).is_file(), args.image
+    assert any("--model tiny-shapes" in line for line in commands)

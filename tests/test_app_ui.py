@@ -66,7 +66,7 @@ def test_model_picker_marks_unavailable_models_and_shows_a_card(demo, monkeypatc
     assert "unavailable" not in labels["tiny-shapes"] and "unavailable" not in labels["tiny"]
     card = text.card("tiny-shapes")
     assert service.manager.zoo["tiny-shapes"].summary in card and "64 px" in card
-    assert "unavailable" in text.card("editmgt-stage2") and "EDITMGT_STAGE2" in text.card("editmgt-stage2")
+    assert "Unavailable" in text.card("editmgt-stage2") and "EDITMGT_STAGE2" in text.card("editmgt-stage2")
 
 
 def test_picking_a_model_shows_its_recommendation_and_examples_and_keeps_the_result(demo):
