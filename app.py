@@ -9,14 +9,12 @@ from editmgt_app import gpu  # noqa: F401  - imports `spaces` before anything to
 import argparse  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
-import socket  # noqa: E402
 import sys  # noqa: E402
-from functools import lru_cache  # noqa: E402
-from pathlib import Path  # noqa: E402
+
+from editmgt.zoo import ZOO_FILE  # noqa: E402
 
 logger = logging.getLogger("editmgt_app")
 
-ZOO_FILE = Path(__file__).resolve().parent / "checkpoints.yaml"
 ON_SPACE = bool(os.environ.get("SPACE_ID"))
 
 
@@ -49,28 +47,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-@lru_cache(maxsize=1)
-def hub_reachable() -> bool:
-    """Whether huggingface.co answers (False when HF_HUB_OFFLINE is set). Cached."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    try:
-        with socket.create_connection(("huggingface.co", 443), timeout=2.0):
-            return True
-    except OSError:
-        return False
-
-
 def create_app(args: argparse.Namespace):
     """Zoo, manager, service and Blocks (no weights loaded unless --preload / Space)."""
     import torch
 
     from editmgt.models.quantize import quiet_bitsandbytes_logs
+    from editmgt.zoo import choose_default, hub_reachable, load_zoo, parse_checkpoint_flags
     from editmgt_app.loading import PipelineLoader
     from editmgt_app.manager import ModelManager
     from editmgt_app.service import EditService
     from editmgt_app.ui import CACHE_LIFETIME_S, build_demo
-    from editmgt_app.zoo import choose_default, load_zoo, parse_checkpoint_flags
 
     quiet_bitsandbytes_logs()  # before any model load imports bitsandbytes (via diffusers)
     zoo = load_zoo(args.zoo, overrides=parse_checkpoint_flags(args.checkpoint))
@@ -97,8 +83,8 @@ def create_app(args: argparse.Namespace):
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from editmgt.zoo import ZooError
     from editmgt_app.ui import launch_options
-    from editmgt_app.zoo import ZooError
 
     try:
         demo, _service = create_app(args)  # queued: one GPU job at a time, no route around the queue

@@ -1,11 +1,11 @@
-"""What the demo accepts: bounded uploads converted to RGB (via `editmgt.images`), masks
-from the brush editor, and numbers checked against their ranges. Every refusal is an `InputError` whose
+"""What the demo accepts besides the edit settings (those are checked by `EditSettings`):
+bounded uploads converted to RGB (via `editmgt.images`), masks from the brush editor, the work
+one request may ask for, and the sweep's lambda grid. Every refusal is an `InputError` whose
 message says what was wrong and what is allowed (the UI turns it into a `gr.Error`)."""
 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -15,13 +15,13 @@ from PIL import Image
 from editmgt.errors import InputError
 from editmgt.images import check_aspect_ratio, open_image, to_rgb
 from editmgt.settings import MAX_TEXT_CHARS as MAX_INSTRUCTION_CHARS  # noqa: F401 - the page's text boxes
-from editmgt.settings import check_text
+from editmgt.settings import check_number, spec
 
 logger = logging.getLogger(__name__)
 
 MAX_UPLOAD_MB = 20  # passed to launch(max_file_size=...) too
 MAX_PIXELS = 4096 * 4096  # decoded size limit (16.8 megapixels); the library allows more
-MAX_SEED = 2**31 - 1
+MAX_LAMBDAS = 16  # lambdas of one sweep
 # Work of one request: pixels at the model x steps x samples (the edit plus the sweep's lambdas).
 # 16 steps x 25 samples, or 100 steps x 4, at 1024 x 1024: about a minute on one GPU.
 MAX_WORK = 1024 * 1024 * 400
@@ -78,12 +78,6 @@ def _as_array(value: Any) -> np.ndarray:
     return np.asarray(Image.open(str(value)))
 
 
-def check_instruction(text: Any, what: str = "instruction") -> str:
-    """The stripped instruction (or prompt): `editmgt.settings.check_text` refuses empty,
-    over-long, non-text and not-valid-Unicode (lone surrogate) values."""
-    return check_text(text, what)
-
-
 def check_work(model_size: tuple[int, int], steps: int, samples: int) -> None:
     """InputError when `samples` edits of `steps` steps at `model_size` (width, height at the
     model) exceed MAX_WORK, saying which knobs bring it down."""
@@ -97,19 +91,8 @@ def check_work(model_size: tuple[int, int], steps: int, samples: int) -> None:
         )
 
 
-def check_number(name: str, value: Any, low: float, high: float, *, integer: bool = False) -> float | int:
-    kind = "an integer" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value):
-        raise InputError(f"{name} must be {kind} in [{low}, {high}], got {value!r}")
-    if integer and value != int(value):
-        raise InputError(f"{name} must be {kind} in [{low}, {high}], got {value!r}")
-    if not low <= value <= high:
-        raise InputError(f"{name} must be {kind} in [{low}, {high}], got {value!r}")
-    return int(value) if integer else float(value)
-
-
 def parse_lambdas(value: Any) -> list[float]:
-    """'0, 0.2, 0.5' or [0, 0.2] -> checked floats in [0, 1] (at most 16)."""
+    """'0, 0.2, 0.5' or [0, 0.2] -> floats checked against hold_lambda's limits (at most MAX_LAMBDAS)."""
     if isinstance(value, str):
         items = [v for v in value.replace(";", ",").split(",") if v.strip()]
         try:
@@ -120,32 +103,7 @@ def parse_lambdas(value: Any) -> list[float]:
         values = list(value)
     else:
         raise InputError(f"lambdas must be a list of numbers in [0, 1], got {value!r}")
-    if not values or len(values) > 16:
-        raise InputError(f"give between 1 and 16 lambdas, got {len(values)}")
-    return [check_number("lambda", v, 0.0, 1.0) for v in values]
-
-
-def parse_keywords(text: Any) -> Optional[list[str]]:
-    """The keyword box: one word, or several separated by commas ("red, circle"), -> a list
-    for the pipeline's `keyword`; None when blank. At most 100 characters."""
-    if text is None:
-        return None
-    text = str(text)
-    if len(text) > 100:
-        raise InputError(f"the keyword has {len(text)} characters; the limit is 100")
-    words = [w.strip() for w in text.split(",") if w.strip()]
-    return words or None
-
-
-def parse_block(value: Any, name: str) -> Any:
-    """A hold-block box of the page: blank (or None) -> None, the model's default; text ->
-    its number (the range is checked where the model is known)."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            raise InputError(f"{name} must be a block number, or blank for the model's default; "
-                             f"got {value!r}") from None
-    return value
+    if not values or len(values) > MAX_LAMBDAS:
+        raise InputError(f"give between 1 and {MAX_LAMBDAS} lambdas, got {len(values)}")
+    limits = spec("hold_lambda")
+    return [check_number("lambda", v, limits["low"], limits["high"]) for v in values]

@@ -1,62 +1,36 @@
 """Adapter from the zoo to the library: load EditMGTPipeline components one by one so the
-manager can share them between entries (same source, revision and sub-folder)."""
+manager can share them between entries (same source, revision and sub-folder), and build the
+pipeline from them with its public constructor. Each component is read by the library's own
+loader (`from_pretrained` of the transformer, the VQ model and the text conditioner;
+`editmgt.pipeline.read_scheduler_config` for the scheduler's settings)."""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import threading
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
 from editmgt.errors import CheckpointError
+from editmgt.pipeline import read_scheduler_config
+from editmgt.zoo import Entry, Resolved, builtin_folder
 from editmgt_app.manager import ComponentKey
-from editmgt_app.zoo import Entry, Resolved
 
 logger = logging.getLogger(__name__)
 
 TEXT_ROLES = ("text_encoder", "tokenizer", "llm_encoder")
 
 
-def cache_dir() -> Path:
-    """Where built-in models are written: $EDITMGT_CACHE or ~/.cache/editmgt."""
-    return Path(os.environ.get("EDITMGT_CACHE", Path.home() / ".cache" / "editmgt")).expanduser()
-
-
-_build_lock = threading.Lock()
-
-
-def builtin_folder(name: str) -> Path:
-    """The folder of a built-in model, built on first use (later calls reuse the build)."""
-    if name != "tiny":
-        raise ValueError(f"unknown built-in model {name!r}")
-    from editmgt.tiny import make_tiny_checkpoint
-
-    with _build_lock:
-        return make_tiny_checkpoint(cache_dir() / "tiny-seed0", seed=0)
-
-
-def read_scheduler_config(path: Path, where: str) -> dict:
-    """The checkpoint's scheduler settings (mask token id, masking schedule): {} when the
-    file is absent; a CheckpointError naming the file (`where` + its name, not the server
-    path) and what is wrong when it is not a JSON object."""
-    if not path.is_file():
-        return {}
-    name = f"{where}{path.name}"
+def scheduler_settings(root: Path, subfolder: str) -> dict:
+    """The pipeline arguments `root/subfolder` sets (mask token id, masking schedule); a
+    CheckpointError that names the file by its place in the checkpoint, not by its server
+    path, and says how to fix it."""
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise CheckpointError(f"the checkpoint's {name} is not UTF-8 text: restore it from the checkpoint") from None
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"the checkpoint's {name} is not valid JSON ({err.msg} at line {err.lineno}, "
-                              f"column {err.colno}): fix it, or restore it from the checkpoint") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"the checkpoint's {name} must hold a JSON object ({{\"mask_token_id\": ..., "
-                              f"\"masking_schedule\": ...}}), got a {type(config).__name__}")
-    return config
+        return read_scheduler_config(root / subfolder)
+    except CheckpointError as err:
+        message = str(err).replace(str(root / subfolder), subfolder)
+        raise CheckpointError(f"the checkpoint's {message}: fix it, or restore it from the checkpoint") from None
 
 
 class PipelineLoader:
@@ -121,8 +95,7 @@ class PipelineLoader:
                 self._saved[key] = sum(r.bytes_before - r.bytes_after for r in reports)
             return text
         if key.role == "scheduler":
-            root = self._root(key, (key.subfolder,))
-            return read_scheduler_config(root / key.subfolder / "scheduler_config.json", f"{key.subfolder}/")
+            return scheduler_settings(self._root(key, (key.subfolder,)), key.subfolder)
         raise ValueError(f"unknown component role {key.role!r}")
 
     def _quantise(self, key: ComponentKey, module: torch.nn.Module) -> torch.nn.Module:
@@ -138,12 +111,5 @@ class PipelineLoader:
     def assemble(self, entry: Entry, parts: dict[str, Any]) -> Any:
         from editmgt.pipeline import EditMGTPipeline
 
-        scheduler = parts["scheduler"]
-        return EditMGTPipeline(
-            parts["transformer"],
-            parts["vqvae"],
-            parts["text"],
-            mask_token_id=scheduler.get("mask_token_id"),
-            masking_schedule=scheduler.get("masking_schedule", "cosine"),
-            resolution=entry.defaults.resolution,  # the zoo's recommended working size
-        )
+        return EditMGTPipeline(parts["transformer"], parts["vqvae"], parts["text"], **parts["scheduler"],
+                               resolution=entry.resolution)

@@ -23,9 +23,12 @@ from typing import Any, Callable, Optional, Protocol
 
 import torch
 
-from editmgt_app.zoo import Entry, Resolved, Zoo
+from editmgt.zoo import Entry, Resolved, Zoo
 
 logger = logging.getLogger(__name__)
+
+
+LoadProgress = Callable[[int, int, str], None]  # (components done, components, what is being read)
 
 
 class ModelUnavailable(LookupError):
@@ -150,7 +153,10 @@ class ModelStatus:
     device: str
     dtype: str
     memory_mb: float
-    defaults: dict
+    settings: dict  # the recommended settings (EditSettings' fields)
+    resolution: int
+    inputs: str  # photos | shapes
+    summary: str
     description: str
     source: str
 
@@ -214,19 +220,14 @@ class ModelManager:
             state, reason = "unavailable", resolved.reason
         else:
             state, reason = "not loaded", resolved.reason
-        d = entry.defaults
         return ModelStatus(
             id=model_id, label=entry.label, task=entry.task, stage=entry.stage, state=state, reason=reason,
             available=resolved.available, loaded_8bit=[key[1] for _, key in loaded], device=self.device,
             dtype=str(self.dtype).replace("torch.", ""),
             memory_mb=round(sum(m.nbytes for m, _ in loaded) / 2**20, 2),
-            defaults={"steps": d.steps, "guidance": d.guidance, "gamma": d.gamma, "lambda": d.hold_lambda,
-                      "hold_blocks": list(d.hold_blocks) if d.hold_blocks else None, "smoothing": d.smoothing,
-                      "smoothing_strength": d.smoothing_strength, "resolution": d.resolution,
-                      "sample_temperature": d.sample_temperature,
-                      "keep_unchanged_pixels": d.keep_unchanged_pixels},
-            description=entry.description,
-            source=(f"{resolved.location}@{resolved.revision}" if resolved.revision else str(resolved.location))
+            settings=entry.settings.as_dict(), resolution=entry.resolution, inputs=entry.inputs,
+            summary=entry.summary, description=entry.description,
+            source=(f"{resolved.location}@{resolved.revision}" if resolved.revision else str(resolved.location or ""))
             + (f" (via {resolved.via})" if resolved.via != "checkpoints.yaml" else ""),
         )
 
@@ -245,8 +246,9 @@ class ModelManager:
         return line
 
     # ------------------------------------------------------------------ loading
-    def get(self, model_id: str, load_8bit: bool = False) -> Any:
-        """The model for `model_id`, loading it (and evicting others) if needed."""
+    def get(self, model_id: str, load_8bit: bool = False, progress: Optional[LoadProgress] = None) -> Any:
+        """The model for `model_id`, loading it (and evicting others) if needed; `progress`
+        hears of each component before it is read (a model already loaded says nothing)."""
         if model_id not in self.zoo:
             raise ModelUnavailable(f"unknown model {model_id!r}; choose one of: {', '.join(self.zoo.ids)}")
         key = (model_id, bool(load_8bit))
@@ -261,7 +263,7 @@ class ModelManager:
             entry = self.zoo[model_id]
             self._states[model_id] = "loading"
             try:
-                model = self._load(key, entry, resolved)
+                model = self._load(key, entry, resolved, progress)
             except Exception as err:  # noqa: BLE001 - reported to the user, app keeps serving
                 self._states[model_id] = f"failed: {type(err).__name__}: {err}"
                 with self._lock:
@@ -273,7 +275,8 @@ class ModelManager:
             self._states.pop(model_id, None)
             return model
 
-    def _load(self, key: tuple[str, bool], entry: Entry, resolved: Resolved) -> Any:
+    def _load(self, key: tuple[str, bool], entry: Entry, resolved: Resolved,
+              progress: Optional[LoadProgress] = None) -> Any:
         t0 = time.perf_counter()
         plan = self.loader.plan(entry, resolved, load_8bit=key[1], device=self.device, dtype=self.dtype)
         unique = set(plan.values())
@@ -286,10 +289,12 @@ class ModelManager:
                     self._components[ckey].users.add(key)
         self._make_room(estimate)
         parts = {}
-        for role, ckey in plan.items():
+        for done, (role, ckey) in enumerate(plan.items()):
             comp = self._components.get(ckey)
             if comp is None:
                 logger.info("loading %s component %s from %s", entry.id, role, ckey.location)
+                if progress is not None:
+                    progress(done, len(plan), f"loading {entry.id}: {role}")
                 value = self.loader.load(ckey, entry)
                 with self._lock:
                     self.load_counts[ckey] = self.load_counts.get(ckey, 0) + 1

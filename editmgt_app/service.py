@@ -1,7 +1,8 @@
 """What the demo's buttons and API endpoints do, without any Gradio layout: check inputs,
-fill in the model's defaults, run the pipeline (on the GPU where there is one), and turn
-the results into images and JSON. Errors users can fix are `InputError`s, model problems
-are `ModelUnavailable` / `ModelLoadError`, running out of memory is `OutOfMemory`."""
+take the model's recommended settings with the caller's overrides (one `EditSettings`), run
+the pipeline (on the GPU where there is one), and turn the results into images and JSON.
+Errors users can fix are `InputError`s, model problems are `ModelUnavailable` /
+`ModelLoadError`, running out of memory is `OutOfMemory`."""
 
 from __future__ import annotations
 
@@ -10,30 +11,30 @@ import random
 import resource
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image
 
-from editmgt.research.shapes.data import KEYWORD_SETS
 from editmgt.errors import InputError
-from editmgt.sampling.sampler import MIN_SAMPLE_TEMPERATURE
-from editmgt.sampling.smoothing import METHODS as SMOOTHING_METHODS
+from editmgt.keywords import missing_keywords
+from editmgt.settings import MAX_SEED, EditSettings, check_seed, check_text
+from editmgt.zoo import Entry
 from editmgt_app import plots
 from editmgt_app.gpu import edit_duration, gpu
-from editmgt_app.inputs import (MAX_PIXELS, MAX_SEED, check_instruction, check_number, check_work, load_upload,
-                                parse_keywords, parse_lambdas)
+from editmgt_app.inputs import MAX_PIXELS, check_work, load_upload, parse_lambdas
 from editmgt_app.manager import ModelManager, ModelUnavailable, free_memory
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SWEEP = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-MAX_STEPS = 100
-SMOOTHING_CHOICES = tuple(SMOOTHING_METHODS)  # the library's list, one place
+GENERATE_SETTINGS = ("steps", "guidance", "negative_prompt", "sample_temperature", "draw")  # what generate() uses
 HEATMAP_MIN_SIDE = 192  # tiny inputs (e.g. 64 px shapes scenes) are enlarged for the heat-map panel
 
-Progress = Optional[Callable[[int, int], None]]  # (step done, steps)
+Progress = Optional[Callable[[int, int, str], None]]  # (done, total, what): loading the model, then sampling
+Settings = Union[EditSettings, Mapping[str, Any], None]  # an EditSettings, or overrides of the model's
+Mask = Union[Any, Callable[[tuple[int, int]], Any], None]  # an image, or a function of the image's size
 
 
 class OutOfMemory(RuntimeError):
@@ -74,49 +75,56 @@ class EditService:
         self.sweep_grid = tuple(sweep_grid)
 
     # ------------------------------------------------------------------ helpers
-    def entry(self, model: Any):
+    def entry(self, model: Any) -> Entry:
         if not isinstance(model, str) or model not in self.manager.zoo:
             raise ModelUnavailable(f"unknown model {model!r}; choose one of: {', '.join(self.manager.zoo.ids)}")
         return self.manager.zoo[model]
 
-    def _settings(self, entry, steps, guidance, gamma, hold_lambda, smoothing, smoothing_strength, seed,
-                  sample_temperature=None, keep_unchanged_pixels=None) -> dict:
-        d = entry.defaults
-        smoothing = d.smoothing if smoothing in (None, "") else smoothing
-        keep = d.keep_unchanged_pixels if keep_unchanged_pixels is None else keep_unchanged_pixels
-        if not isinstance(keep, bool):
-            raise InputError(f"keep_unchanged_pixels must be true or false, got {keep!r}")
-        if smoothing not in SMOOTHING_CHOICES:
-            raise InputError(f"smoothing must be one of {list(SMOOTHING_CHOICES)}, got {smoothing!r}")
-        return dict(
-            steps=check_number("steps", d.steps if steps is None else steps, 1, MAX_STEPS, integer=True),
-            guidance=check_number("guidance", d.guidance if guidance is None else guidance, 0.0, 20.0),
-            gamma=check_number("gamma", d.gamma if gamma is None else gamma, 0.0, 5.0),
-            hold_lambda=check_number("lambda", d.hold_lambda if hold_lambda is None else hold_lambda, 0.0, 1.0),
-            smoothing=smoothing,
-            smoothing_strength=check_number(
-                "smoothing strength", d.smoothing_strength if smoothing_strength is None else smoothing_strength,
-                0.0, 5.0),
-            sample_temperature=check_number(
-                "sample temperature", d.sample_temperature if sample_temperature is None else sample_temperature,
-                MIN_SAMPLE_TEMPERATURE, 5.0),
-            keep_unchanged_pixels=keep,
-            seed=random.SystemRandom().randrange(MAX_SEED) if seed is None or seed == -1
-            else check_number("seed", seed, 0, MAX_SEED, integer=True),
-        )
+    @staticmethod
+    def settings_for(entry: Entry, settings: Settings) -> EditSettings:
+        """`settings` itself, or the model's recommended settings with the given overrides
+        (None and blank values keep the recommendation)."""
+        if isinstance(settings, EditSettings):
+            return settings
+        if settings is not None and not isinstance(settings, Mapping):
+            raise InputError(f"settings must be EditSettings or a mapping of setting names to values, "
+                             f"got {type(settings).__name__}")
+        return entry.settings.merged(settings or {})
 
     @staticmethod
-    def _hold_blocks(entry, pipe, first, last) -> Optional[tuple[int, ...]]:
-        if first is None and last is None:
-            if entry.defaults.hold_blocks is None:
-                return None
-            first, last = entry.defaults.hold_blocks
-        n = pipe.num_blocks
-        first = check_number("hold blocks (first)", first if first is not None else last, 0, n - 1, integer=True)
-        last = check_number("hold blocks (last)", last if last is not None else first, 0, n - 1, integer=True)
-        if first > last:
-            raise InputError(f"hold blocks: first ({first}) must not exceed last ({last})")
-        return tuple(range(first, last + 1))
+    def seed(seed: Any) -> int:
+        """The seed to use: `seed` checked, or a new random one for None and -1."""
+        if seed is None or seed == -1:
+            return random.SystemRandom().randrange(MAX_SEED)
+        return check_seed(seed)
+
+    @staticmethod
+    def region_words(entry: Entry, instruction: str, settings: EditSettings, notes: list[str]) -> EditSettings:
+        """The keywords region-hold reads: the given ones that occur in the instruction, else the
+        model's keyword rule (every word without one). A given keyword the instruction does not
+        say is left out with a note, never an error: it may be left over from an earlier edit."""
+        if settings.keywords:
+            missing = missing_keywords(instruction, settings.keywords)
+            if not missing:
+                return settings
+            kept = tuple(k for k in settings.keywords if k not in missing) or entry.keywords_for(instruction)
+            read = ", ".join(f"'{k}'" for k in kept) if kept else "every word"
+            notes.append(f"keywords: {', '.join(repr(k) for k in missing)} not in the instruction, so left out; "
+                         f"region-hold read {read} (the Keywords box under Advanced)")
+            return settings.replace(keywords=kept)
+        return settings.replace(keywords=entry.keywords_for(instruction))
+
+    @staticmethod
+    def fit_notes(entry: Entry, image: Image.Image) -> list[str]:
+        """What to say when the picture is not one the model knows."""
+        if entry.inputs == "shapes" and image.size != (entry.resolution, entry.resolution):
+            return [f"{entry.id} knows only {entry.resolution} x {entry.resolution} synthetic shapes scenes (the "
+                    f"shapes examples), not {image.width} x {image.height} photos: expect blocky noise; "
+                    "pick a photo model for photos"]
+        return []
+
+    def _model(self, entry: Entry, load_8bit: bool, progress: Progress) -> Any:
+        return self.manager.get(entry.id, load_8bit, progress=progress)
 
     def _run(self, model_key: tuple[str, bool], fn: Callable[[], Any], steps: int, batch: int,
              resolution: int) -> Any:
@@ -135,29 +143,21 @@ class EditService:
                 f"{freed / 2**20:.0f} MB of other models and the cache. Try fewer steps, fewer sweep "
                 "lambdas, a smaller image or the 8-bit toggle") from None
 
-    def _sweep(self, pipe, model_key, upload, instruction, lambdas, settings, mask, hold_blocks, keyword,
-               negative_prompt, progress: Progress, resolution: int) -> list:
+    def _sweep(self, pipe, model_key, image: Image.Image, instruction: str, lambdas: list[float],
+               settings: EditSettings, seed: int, mask: Any, progress: Progress, resolution: int) -> list:
         """One batch for all lambdas; if it does not fit, halves until it does."""
-        kwargs = dict(steps=settings["steps"], guidance=settings["guidance"], gamma=settings["gamma"],
-                      hold_blocks=(hold_blocks[0], hold_blocks[-1]) if hold_blocks else None, keywords=keyword,
-                      smoothing=settings["smoothing"],
-                      smoothing_strength=settings["smoothing_strength"], seed=settings["seed"], mask=mask,
-                      sample_temperature=settings["sample_temperature"],
-                      keep_unchanged_pixels=settings["keep_unchanged_pixels"])
-        if negative_prompt:
-            kwargs["negative_prompt"] = negative_prompt
         def callback(trace):
             if progress:
-                progress(trace.step + 1, trace.num_steps)
+                progress(trace.step + 1, trace.num_steps, "sampling")
 
         chunks = [list(lambdas)]
         results: list = []
         while chunks:
             chunk = chunks.pop(0)
             try:
-                results += self._run(model_key, lambda: pipe.sweep(upload.image, instruction, chunk,
-                                                                   callback=callback, **kwargs),
-                                     settings["steps"], len(chunk), resolution)
+                results += self._run(model_key, lambda: pipe.sweep(image, instruction, chunk, settings, seed=seed,
+                                                                   mask=mask, callback=callback),
+                                     settings.steps, len(chunk), resolution)
             except OutOfMemory:
                 if len(chunk) == 1:
                     raise
@@ -166,7 +166,8 @@ class EditService:
                 chunks[:0] = [chunk[:half], chunk[half:]]
         return results
 
-    def _info(self, entry, result, settings, seconds: float, notes: list[str], load_8bit: bool) -> dict:
+    def _info(self, entry: Entry, result, seconds: float, notes: list[str], load_8bit: bool,
+              masked: bool) -> dict:
         tokens_total = int(result.edited_tokens.numel())
         if torch.cuda.is_available() and str(self.manager.device).startswith("cuda"):
             peak = torch.cuda.max_memory_allocated() / 2**20
@@ -183,12 +184,8 @@ class EditService:
             "tokens_total": tokens_total,
             "seed": int(result.seed),
             "lambda": float(result.hold_lambda),
-            "steps": int(result.steps),
-            "guidance": settings["guidance"],
-            "gamma": settings["gamma"],
-            "smoothing": settings["smoothing"],
-            "sample_temperature": settings["sample_temperature"],
-            "keep_unchanged_pixels": settings["keep_unchanged_pixels"],
+            "mask": masked,
+            "keywords": list(result.settings.keywords) if result.settings.keywords else None,  # None: every word
             "seconds": round(seconds, 3),
             "steps_per_second": round(result.steps / seconds, 2) if seconds > 0 else None,
             "peak_memory_mb": round(peak, 1),
@@ -197,6 +194,7 @@ class EditService:
             "device": self.manager.device,
             "dtype": str(self.manager.dtype).replace("torch.", ""),
             "load_8bit": bool(load_8bit),
+            "settings": result.settings.as_dict(),
             "notes": notes,
         }
 
@@ -215,44 +213,46 @@ class EditService:
             return None
 
     # ------------------------------------------------------------------ actions
-    def edit(self, image: Any, instruction: Any, model: Any, *, steps=None, guidance=None, gamma=None,
-             hold_lambda=None, hold_first=None, hold_last=None, keyword=None, smoothing=None,
-             smoothing_strength=None, negative_prompt=None, seed=None, mask: Any = None,
-             mask_fn: Optional[Callable[[tuple[int, int]], Optional[Image.Image]]] = None,
-             load_8bit: bool = False, sweep: Optional[Sequence[float]] = None,
-             sample_temperature=None, keep_unchanged_pixels=None, progress: Progress = None) -> EditOutput:
-        """Edit `image`; with `sweep` (a lambda grid) also run the grid in the same batch and
-        draw the L1-vs-lambda curve. `mask_fn(image_size)` builds the mask once the image is read."""
+    def edit(self, image: Any, instruction: Any, model: Any, settings: Settings = None, *, seed: Any = None,
+             mask: Mask = None, load_8bit: bool = False, sweep: Optional[Sequence[float]] = None,
+             progress: Progress = None) -> EditOutput:
+        """Edit `image` as `instruction` says with `model`.
+
+        settings: an EditSettings, or overrides of the model's recommended settings by field
+        name (None / blank = the recommendation). seed: None or -1 = a new random seed. mask:
+        an image of the photo's size (white = edit), or a function of the photo's size that
+        returns one or None. sweep: a lambda grid, run in the same batch as the edit, with the
+        L1-vs-lambda curve. progress hears of the model's loading, then of each sampling step."""
         entry = self.entry(model)
         upload = load_upload(image, max_pixels=self.max_pixels)
-        instruction = check_instruction(instruction)
-        settings = self._settings(entry, steps, guidance, gamma, hold_lambda, smoothing, smoothing_strength, seed,
-                                  sample_temperature, keep_unchanged_pixels)
-        keyword = parse_keywords(keyword)
-        if keyword is None and entry.defaults.keywords:              # the model's own keyword set
-            keyword = KEYWORD_SETS[entry.defaults.keywords](instruction) or None
-        if mask_fn is not None:
-            mask = mask_fn(upload.image.size)
+        instruction = check_text(instruction)
+        settings = self.settings_for(entry, settings)
+        seed = self.seed(seed)
+        if callable(mask):
+            mask = mask(upload.image.size)
         if entry.task != "edit" and not (entry.masked_edit and mask is not None):
             raise InputError(f"model {entry.id!r} is a text-to-image model: use Generate"
                              + (", or paint a mask for a masked edit" if entry.masked_edit else ""))
-        pipe = self.manager.get(entry.id, load_8bit)
-        hold_blocks = self._hold_blocks(entry, pipe, hold_first, hold_last)
-        lam = settings["hold_lambda"]
+        notes = list(upload.notes) + self.fit_notes(entry, upload.image)
+        settings = self.region_words(entry, instruction, settings, notes)
+        if mask is not None:
+            notes.append("mask: only the painted region was edited")
+        lam = settings.hold_lambda
         lambdas = [lam] + [x for x in (sweep or ()) if abs(x - lam) > 1e-9]
-        check_work(pipe.model_size(upload.image.size), settings["steps"], len(lambdas))
+        pipe = self._model(entry, load_8bit, progress)
+        check_work(pipe.model_size(upload.image.size), settings.steps, len(lambdas))
         t0 = time.perf_counter()
-        results = self._sweep(pipe, (entry.id, bool(load_8bit)), upload, instruction, lambdas, settings, mask,
-                              hold_blocks, keyword, negative_prompt, progress, entry.defaults.resolution)
+        results = self._sweep(pipe, (entry.id, bool(load_8bit)), upload.image, instruction, lambdas, settings, seed,
+                              mask, progress, entry.resolution)
         seconds = time.perf_counter() - t0
         result = results[0]
         held = result.held_mask.numpy() if result.held_mask is not None else None
         scores = result.attention_map.float().numpy() if result.attention_map is not None else None
-        heat = plots.heatmap_overlay(upload.image, scores, held, min_side=HEATMAP_MIN_SIDE) if scores is not None else upload.image
-        info = self._info(entry, result, settings, seconds, upload.notes, load_8bit)
-        used = hold_blocks or tuple(pipe.default_hold_blocks())
+        heat = (plots.heatmap_overlay(upload.image, scores, held, min_side=HEATMAP_MIN_SIDE)
+                if scores is not None else upload.image)
+        info = self._info(entry, result, seconds, notes, load_8bit, mask is not None)
+        used = pipe.hold_blocks(settings)
         info["hold_blocks"] = [used[0], used[-1]]
-        info["keywords"] = keyword                                    # None: every text row
         out = EditOutput(upload.image, result.image, heat, info)
         if sweep:
             by_lambda = sorted(results, key=lambda r: r.hold_lambda)
@@ -271,30 +271,34 @@ class EditService:
                 "l1_to_reconstruction": round(float(result.l1_to_reconstruction), 6),
                 "changed_fraction": round(float(result.changed_fraction), 6), "seed": int(result.seed)}
 
-    def sweep(self, image: Any, instruction: Any, model: Any, lambdas: Any, **kwargs) -> EditOutput:
-        """All of `lambdas` (as one batch where memory allows) with one seed."""
+    def sweep(self, image: Any, instruction: Any, model: Any, lambdas: Any, settings: Settings = None,
+              **kwargs: Any) -> EditOutput:
+        """All of `lambdas` (as one batch where memory allows) with one seed; `kwargs` as `edit`'s."""
         grid = parse_lambdas(lambdas if lambdas is not None else list(self.sweep_grid))
-        return self.edit(image, instruction, model, hold_lambda=grid[0], sweep=grid, **kwargs)
-
-    def generate(self, prompt: Any, model: Any, *, steps=None, guidance=None, seed=None, load_8bit: bool = False,
-                 progress: Progress = None) -> tuple[Image.Image, dict]:
         entry = self.entry(model)
-        prompt = check_instruction(prompt, what="prompt")
-        settings = self._settings(entry, steps, guidance, None, None, None, None, seed)
-        pipe = self.manager.get(entry.id, load_8bit)
+        return self.edit(image, instruction, model, self.settings_for(entry, settings).replace(hold_lambda=grid[0]),
+                         sweep=grid, **kwargs)
+
+    def generate(self, prompt: Any, model: Any, settings: Settings = None, *, seed: Any = None,
+                 load_8bit: bool = False, progress: Progress = None) -> tuple[Image.Image, dict]:
+        """Text-to-image with `model` (settings as in `edit`; the edit-only ones are not used)."""
+        entry = self.entry(model)
+        prompt = check_text(prompt, "prompt")
+        settings = self.settings_for(entry, settings)
+        seed = self.seed(seed)
+        pipe = self._model(entry, load_8bit, progress)
 
         def callback(trace):
             if progress:
-                progress(trace.step + 1, trace.num_steps)
+                progress(trace.step + 1, trace.num_steps, "sampling")
 
         t0 = time.perf_counter()
         result = self._run((entry.id, bool(load_8bit)),
-                           lambda: pipe.generate(prompt, steps=settings["steps"], guidance=settings["guidance"],
-                                                 seed=settings["seed"], callback=callback),
-                           settings["steps"], 1, entry.defaults.resolution)
+                           lambda: pipe.generate(prompt, settings, seed=seed, callback=callback),
+                           settings.steps, 1, entry.resolution)
         seconds = time.perf_counter() - t0
         info = {"model": entry.id, "seed": int(result.seed), "steps": int(result.steps),
-                "guidance": settings["guidance"], "seconds": round(seconds, 3),
+                "guidance": result.settings.guidance, "seconds": round(seconds, 3),
                 "steps_per_second": round(result.steps / seconds, 2) if seconds > 0 else None,
                 "size": list(result.size), "device": self.manager.device}
         return result.image, info

@@ -133,6 +133,30 @@ def test_api_lists_named_endpoints_with_optional_parameters(app):
     assert all(p["parameter_default"] is None for p in params[3:] if p["parameter_name"] != "load_8bit")
 
 
+def test_every_setting_is_an_argument_of_edit_and_sweep(app):
+    """The API's parameters follow EditSettings: one argument per field, named as the field
+    (the lambda grid of /sweep sets hold_lambda), and nothing else but the fixed ones."""
+    from editmgt.settings import names
+
+    client, _ = app
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    params = {name: [p["parameter_name"] for p in api[name]["parameters"]] for name in ("/edit", "/sweep")}
+    assert params["/edit"] == ["image", "instruction", "model", "seed", "mask", "load_8bit", *names()]
+    assert params["/sweep"] == ["image", "instruction", "model", "lambdas", "seed", "mask", "load_8bit",
+                                *(n for n in names() if n != "hold_lambda")]
+
+
+def test_a_keyword_left_over_falls_back_with_a_note(app):
+    """A keyword the instruction does not say (e.g. left in the box from an earlier example)
+    does not break the edit: it is left out, and the notes say so and where to clear it."""
+    client, _ = app
+    _, _, info = edit(client, EXAMPLE, instruction="make the sky purple", keywords="cat", seed=3)
+    assert info["keywords"] is None                               # the tiny model reads every word
+    assert any("'cat' not in the instruction" in n and "Keywords box" in n for n in info["notes"]), info["notes"]
+    _, _, info = edit(client, EXAMPLE, instruction="make the sky purple", keywords="cat, sky", seed=3)
+    assert info["keywords"] == ["sky"]
+
+
 def test_edit_returns_png_heatmap_and_info(app, tiny_checkpoint):
     client, _ = app
     edited, heat, info = edit(client, EXAMPLE, seed=7, hold_lambda=0.5)
@@ -143,7 +167,7 @@ def test_edit_returns_png_heatmap_and_info(app, tiny_checkpoint):
     for key in ("l1_to_source", "seconds", "seed", "changed_fraction", "steps_per_second", "tokens_changed",
                 "peak_memory_mb", "l1_to_reconstruction"):
         assert key in info, key
-    assert info["seed"] == 7 and info["lambda"] == 0.5 and info["steps"] == 2
+    assert info["seed"] == 7 and info["lambda"] == 0.5 and info["settings"]["steps"] == 2 and info["mask"] is False
     assert 0 <= info["changed_fraction"] <= 1 and info["l1_to_source"] > 0
     # the seed it returns reproduces the edit
     again = edit(client, EXAMPLE, seed=7, hold_lambda=0.5)
@@ -160,18 +184,21 @@ def test_edit_returns_png_heatmap_and_info(app, tiny_checkpoint):
 
 def test_edit_with_mask_and_settings(app, files):
     client, _ = app
-    _, _, info = edit(client, files["small"], mask=handle_file(str(files["mask"])), keyword="cup",
-                      smoothing="gaussian", smoothing_strength=2.0, hold_first=1, hold_last=2, gamma=1.3,
-                      guidance=3.0, seed=1)
-    assert info["hold_blocks"] == [1, 2] and info["smoothing"] == "gaussian" and info["gamma"] == 1.3
-    assert info["sample_temperature"] == 1.0                     # the zoo entry's default
+    _, _, info = edit(client, files["small"], mask=handle_file(str(files["mask"])), keywords="cup",
+                      smoothing="gaussian", smoothing_strength=2.0, hold_blocks=[1, 2], gamma=1.3,
+                      guidance=3.0, seed=1, draw="inverse-cdf", mask_reference="source")
+    used = info["settings"]
+    assert info["hold_blocks"] == [1, 2] and used["smoothing"] == "gaussian" and used["gamma"] == 1.3
+    assert (used["draw"], used["mask_reference"], info["keywords"]) == ("inverse-cdf", "source", ["cup"])
+    assert used["sample_temperature"] == 1.0                     # the zoo entry's default
+    assert info["mask"] is True and any("mask" in n for n in info["notes"])
 
 
 def test_sample_temperature_reaches_the_sampler(app):
     client, _ = app
     default = edit(client, EXAMPLE, seed=4)
     greedy = edit(client, EXAMPLE, seed=4, sample_temperature=0.05)
-    assert greedy[2]["sample_temperature"] == 0.05
+    assert greedy[2]["settings"]["sample_temperature"] == 0.05
     assert greedy[2]["l1_to_source"] != default[2]["l1_to_source"]
 
 
@@ -181,10 +208,10 @@ def test_keep_unchanged_pixels_returns_the_upload_itself_where_nothing_changed(a
     client, _ = app
     photo = np.asarray(Image.open(EXAMPLE).convert("RGB"))
     kept, _, info = edit(client, EXAMPLE, seed=4, hold_lambda=1.0, keep_unchanged_pixels=True)
-    assert info["keep_unchanged_pixels"] is True and info["l1_to_source"] == 0.0
+    assert info["settings"]["keep_unchanged_pixels"] is True and info["l1_to_source"] == 0.0
     assert np.array_equal(np.asarray(Image.open(kept).convert("RGB")), photo)
     plain, _, info = edit(client, EXAMPLE, seed=4, hold_lambda=1.0)
-    assert info["keep_unchanged_pixels"] is False and info["l1_to_source"] > 0.0
+    assert info["settings"]["keep_unchanged_pixels"] is False and info["l1_to_source"] > 0.0
     assert not np.array_equal(np.asarray(Image.open(plain).convert("RGB")), photo)
 
 
@@ -214,7 +241,7 @@ def test_models_reports_status(app):
     edit(client, EXAMPLE)
     models = {m["id"]: m for m in client.predict(api_name="/models")}
     assert models["tiny"]["state"] == "ready" and models["tiny"]["device"] == "cpu"
-    assert models["tiny"]["defaults"]["steps"] == 4
+    assert models["tiny"]["settings"]["steps"] == 4 and models["tiny"]["resolution"] == 64
     assert models["editmgt-stage2"]["state"] == "unavailable" and "EDITMGT_STAGE2" in models["editmgt-stage2"]["reason"]
     assert models["editmgt"]["state"] in ("unavailable", "not loaded")
 
@@ -244,9 +271,11 @@ def test_8bit_edit_on_cpu(app):
     ("guidance", dict(guidance=-1), "guidance must be a number in [0.0, 20.0]"),
     ("lambda", dict(hold_lambda=1.5), "lambda must be a number in [0.0, 1.0]"),
     ("seed", dict(seed=-7), "seed must be an integer"),
-    ("hold blocks", dict(hold_first=999), "hold blocks (first) must be an integer"),
+    ("hold blocks", dict(hold_blocks=[0, 999]), "hold_blocks must lie within [0, "),
+    ("hold blocks order", dict(hold_blocks=[3, 1]), "hold_blocks: the first block (3) must not come after the last"),
     ("smoothing", dict(smoothing="blurry"), "smoothing must be one of"),
-    ("sample temperature", dict(sample_temperature=0), "sample temperature must be a number in [0.01, 5.0]"),
+    ("sample temperature", dict(sample_temperature=0), "sample_temperature must be a number in [0.01, 5.0]"),
+    ("draw", dict(draw="fast"), "draw must be one of ['released', 'inverse-cdf'], got 'fast'"),
     ("keep pixels", dict(keep_unchanged_pixels="yes"), "keep_unchanged_pixels must be true or false, got 'yes'"),
     ("unknown model", dict(model="nope"), "unknown model 'nope'"),
     ("unavailable model", dict(model="editmgt-stage2"), "'editmgt-stage2' is unavailable"),
@@ -300,7 +329,7 @@ def test_app_keeps_serving_after_errors(app):
     for bad in ("", "x" * 2000):
         with pytest.raises(AppError):
             edit(client, EXAMPLE, instruction=bad)
-    assert edit(client, EXAMPLE)[2]["steps"] == 2
+    assert edit(client, EXAMPLE)[2]["settings"]["steps"] == 2
 
 
 # ---------------------------------------------------------------------------- load

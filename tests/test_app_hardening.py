@@ -34,11 +34,12 @@ from editmgt.errors import CheckpointError, InputError  # noqa: E402
 from editmgt.images import MAX_ASPECT_RATIO  # noqa: E402
 from editmgt.pipeline import EditMGTPipeline  # noqa: E402
 from editmgt_app import inputs, plots  # noqa: E402
-from editmgt_app.inputs import MAX_PIXELS, MAX_UPLOAD_MB, MAX_WORK, check_instruction, check_work  # noqa: E402
-from editmgt_app.loading import PipelineLoader, read_scheduler_config  # noqa: E402
+from editmgt.settings import check_text  # noqa: E402
+from editmgt_app.inputs import MAX_PIXELS, MAX_UPLOAD_MB, MAX_WORK, check_work  # noqa: E402
+from editmgt_app.loading import PipelineLoader, scheduler_settings  # noqa: E402
 from editmgt_app.manager import ComponentKey  # noqa: E402
 from editmgt_app.ui import (CACHE_LIFETIME_S, MAX_SESSIONS, launch_options, public_message)  # noqa: E402
-from editmgt_app.zoo import parse_zoo  # noqa: E402
+from editmgt.zoo import parse_zoo  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "coffee.jpg"
@@ -292,8 +293,8 @@ def test_lone_surrogate_in_the_instruction_is_refused_clearly(app):
     assert event == "error"
     assert "not valid Unicode text" in payload["error"] and "retype or paste it again" in payload["error"]
     with pytest.raises(InputError, match="not valid Unicode text"):
-        check_instruction("a \udc80 b")
-    assert check_instruction("  make it red ") == "make it red"
+        check_text("a \udc80 b")
+    assert check_text("  make it red ") == "make it red"
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -330,13 +331,13 @@ def test_bad_scheduler_json_names_the_file_and_what_is_wrong(tiny_checkpoint, tm
     with pytest.raises(CheckpointError) as err:
         PipelineLoader(local_files_only=True).load(key, None)
     message = str(err.value)
-    assert "scheduler/scheduler_config.json is not valid JSON" in message and "line 1, column 22" in message
+    assert "scheduler/scheduler_config.json is not valid JSON" in message and "line 1 column 22" in message
     assert "restore it from the checkpoint" in message and str(tmp_path) not in message
     config.write_text("[63]")
-    with pytest.raises(CheckpointError, match="must hold a JSON object .* got a list"):
-        read_scheduler_config(config, "scheduler/")
+    with pytest.raises(CheckpointError, match="scheduler_config.json must hold a JSON object, got list"):
+        scheduler_settings(broken, "scheduler")
     config.unlink()
-    assert read_scheduler_config(config, "scheduler/") == {}
+    assert scheduler_settings(broken, "scheduler") == {}
 
 
 # ---------------------------------------------------------------------------- MCP
@@ -393,9 +394,9 @@ def test_an_unpinned_zoo_revision_is_one_info_line_not_a_warning(caplog):
     raw = copy.deepcopy(raw)
     entry = next(e for e in raw["models"] if e["id"] == "meissonic")
     entry["source"]["revision"] = "main"
-    with caplog.at_level(logging.DEBUG, logger="editmgt_app.zoo"):
+    with caplog.at_level(logging.DEBUG, logger="editmgt.zoo"):
         parse_zoo(raw)
-    said = [r for r in caplog.records if r.name == "editmgt_app.zoo" and "not a commit id" in r.getMessage()]
+    said = [r for r in caplog.records if r.name == "editmgt.zoo" and "not a commit id" in r.getMessage()]
     assert len(said) == 1 and said[0].levelno == logging.INFO and "id 'meissonic'" in said[0].getMessage()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 

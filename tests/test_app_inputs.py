@@ -1,4 +1,5 @@
-"""The demo's input helpers and pictures: brush-editor masks, lambda lists, heat-map outline."""
+"""The demo's input helpers and pictures: brush-editor masks, lambda lists, the settings'
+control adapters, heat-map outline."""
 
 import numpy as np
 import pytest
@@ -6,7 +7,8 @@ from PIL import Image
 
 from editmgt.errors import InputError
 from editmgt.images import MAX_ASPECT_RATIO
-from editmgt_app.inputs import check_number, load_upload, mask_from_editor, parse_block, parse_keywords, parse_lambdas
+from editmgt_app import controls
+from editmgt_app.inputs import load_upload, mask_from_editor, parse_lambdas
 from editmgt_app.plots import heatmap_overlay, lambda_curve
 
 
@@ -27,7 +29,7 @@ def test_empty_editor_layers_mean_no_mask():
     assert mask_from_editor(None, (40, 20)) is None
 
 
-def test_lambdas_and_numbers():
+def test_lambdas():
     assert parse_lambdas("0, 0.5;1") == [0.0, 0.5, 1.0]
     with pytest.raises(InputError, match=r"lambda must be a number in \[0.0, 1.0\], got 2"):
         parse_lambdas([0, 2])
@@ -35,24 +37,34 @@ def test_lambdas_and_numbers():
         parse_lambdas([])
     with pytest.raises(InputError, match="numbers separated by commas"):
         parse_lambdas("a, b")
-    with pytest.raises(InputError, match="steps must be an integer"):
-        check_number("steps", True, 1, 10, integer=True)
 
 
-def test_keywords_box_splits_on_commas():
-    assert parse_keywords(" red, circle ,, ") == ["red", "circle"]
-    assert parse_keywords("birthday hat") == ["birthday hat"]
-    assert parse_keywords("  ") is None and parse_keywords(None) is None
-    with pytest.raises(InputError, match="101 characters; the limit is 100"):
-        parse_keywords("x" * 101)
+def test_control_kinds_follow_the_settings_types():
+    from editmgt.settings import names
+
+    kinds = {name: controls.kind(name) for name in names()}
+    assert kinds["steps"] == kinds["guidance"] == kinds["hold_lambda"] == "slider"
+    assert kinds["smoothing"] == kinds["draw"] == kinds["mask_reference"] == "dropdown"
+    assert kinds["keep_unchanged_pixels"] == "checkbox" and kinds["hold_blocks"] == "pair"
+    assert kinds["keywords"] == "words" and kinds["negative_prompt"] == "text"
+    assert controls.slider_step("steps") == 1 and controls.slider_step("guidance") == 0.1
+    assert controls.slider_step("sample_temperature") == 0.01
 
 
-def test_hold_block_boxes_blank_means_the_model_default():
-    assert parse_block("", "first") is None and parse_block("  ", "first") is None
-    assert parse_block(None, "first") is None
-    assert parse_block(" 4 ", "first") == 4 and parse_block(5, "first") == 5
-    with pytest.raises(InputError, match="first must be a block number, or blank"):
-        parse_block("four", "first")
+def test_control_values_round_trip_and_blank_means_the_model_default():
+    from editmgt.settings import EditSettings
+
+    base = EditSettings(hold_blocks=(28, 36), keywords=("cat",))
+    shown = {name: controls.to_control(name, getattr(base, name)) for name in ("hold_blocks", "keywords")}
+    assert shown == {"hold_blocks": "28, 36", "keywords": "cat"}
+    assert EditSettings().merged(controls.overrides(shown)) == EditSettings(hold_blocks=(28, 36), keywords=("cat",))
+    assert controls.from_control("hold_blocks", "  ") is None and controls.from_control("hold_blocks", None) is None
+    assert controls.from_control("hold_blocks", [1, 2]) == [1, 2]                 # the API's JSON list
+    assert base.merged(controls.overrides({"hold_blocks": "", "keywords": ""})) == base
+    with pytest.raises(InputError, match="hold_blocks must be two block numbers"):
+        controls.from_control("hold_blocks", "four, five")
+    with pytest.raises(InputError, match=r"unknown setting\(s\) \['lamda'\]"):
+        controls.overrides({"lamda": 0.3})
 
 
 def test_heatmap_outlines_the_held_region_and_curve_renders():

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from editmgt_app.manager import ComponentKey, ModelLoadError, ModelManager, ModelUnavailable, measure_bytes
-from editmgt_app.zoo import parse_zoo
+from editmgt.zoo import parse_zoo
 
 ROOT = Path(__file__).resolve().parent.parent
 RAW = yaml.safe_load((ROOT / "checkpoints.yaml").read_text())
@@ -71,6 +71,20 @@ def test_nothing_loads_until_first_use_and_then_once(tmp_path):
     assert len(loader.loaded) == 2 and manager.loaded() == [("a", False)]
     status = {s.id: s for s in manager.status()}["a"]
     assert status.state == "ready" and status.memory_mb == pytest.approx(2.0, rel=0.01)
+
+
+def test_loading_reports_each_component_before_reading_it(tmp_path):
+    """The page shows loading progress on first use: one report per component read, none when
+    the model is loaded already or a shared component is loaded."""
+    zoo = make_zoo(tmp_path, {"a": ("ckpt", "editmgt"), "b": ("ckpt", "other")})
+    manager = ModelManager(zoo, FakeLoader(), budget_bytes=10**9)
+    heard = []
+    manager.get("a", progress=lambda done, total, what: heard.append((done, total, what)))
+    assert heard == [(0, 2, "loading a: transformer"), (1, 2, "loading a: vqvae")]
+    heard.clear()
+    manager.get("a", progress=lambda *report: heard.append(report))
+    manager.get("b", progress=lambda *report: heard.append(report))  # shares a's VQ model
+    assert heard == [(0, 2, "loading b: transformer")]
 
 
 def test_components_with_same_source_revision_and_subfolder_load_once(tmp_path):
@@ -168,7 +182,7 @@ def test_tiny_pipelines_share_components_evict_and_quantise(tiny_checkpoint, tmp
     import bitsandbytes as bnb
 
     from editmgt_app.loading import PipelineLoader
-    from editmgt_app.zoo import Zoo, parse_entry
+    from editmgt.zoo import Zoo, parse_entry
 
     tiny = next(e for e in RAW["models"] if e["id"] == "tiny")
     entries = []

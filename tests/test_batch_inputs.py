@@ -19,6 +19,7 @@ from editmgt.batch.models import resolve_model  # noqa: E402
 from editmgt.batch.run import file_stem  # noqa: E402
 from editmgt.errors import InputError  # noqa: E402
 from editmgt.settings import MAX_SEED, EditSettings, names, spec  # noqa: E402
+from editmgt.zoo import load_zoo  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,11 +133,13 @@ def test_unknown_preset_is_refused():
 def test_zoo_id_brings_its_recommended_settings():
     model = resolve_model("tiny-shapes")
     assert Path(model.location) == REPO_ROOT / "checkpoints" / "tiny-shapes"
-    assert model.resolution == 64 and model.keyword_set == "locating" and model.revision is None
+    assert model.resolution == 64 and model.revision is None
+    assert model.keyword_rule == load_zoo()["tiny-shapes"].keyword_rule
     s = model.settings
-    assert (s.steps, s.guidance, s.gamma, s.hold_lambda, s.sample_temperature, s.keep_unchanged_pixels) == \
-           (16, 1.0, 1.0, 0.1, 0.25, True)
-    assert s.keywords is None  # the zoo's keyword *set* is applied per row, not as words
+    assert (s.steps, s.guidance, s.gamma, s.hold_lambda, s.sample_temperature, s.keep_unchanged_pixels, s.draw) == \
+           (16, 1.0, 1.0, 0.1, 0.25, True, "inverse-cdf")
+    assert s.keywords is None  # the zoo's keyword rule is applied per row, not as words
+    assert model.describe()["keyword_rule"]["first_of"][1] == ["circle", "square", "star", "triangle"]
 
 
 def test_folders_and_repos_get_the_library_defaults(tmp_path: Path):
@@ -184,7 +187,7 @@ def test_row_seed_is_a_stable_hash_of_base_seed_and_id():
     assert row_seed(1, "row-17") != row_seed(3, "row-17")
 
 
-def test_keywords_per_row_come_from_the_flag_or_the_models_keyword_set():
+def test_keywords_per_row_come_from_the_flag_or_the_models_keyword_rule():
     model = resolve_model("tiny-shapes")
     job = EditJob(model=model, settings=model.settings, base_seed=0)
     assert row_keywords(job, "make the red circle blue") == ("circle", "red")

@@ -228,7 +228,7 @@ def test_cli_edit_json(tiny_checkpoint, photo, tmp_path):
     out = tmp_path / "out.png"
     cmd = [
         sys.executable, "-m", "editmgt", "edit", "--model", str(tiny_checkpoint), "--image", str(src),
-        "--instruction", "make the disk blue", "--out", str(out), "--lambda", "0.3", "--steps", "4",
+        "--instruction", "make the disk blue", "--out", str(out), "--hold-lambda", "0.3", "--steps", "4",
         "--seed", "3", "--size", str(SIZE), "--json",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -237,11 +237,11 @@ def test_cli_edit_json(tiny_checkpoint, photo, tmp_path):
     assert summary["seed"] == 3 and summary["lambda"] == 0.3 and summary["settings"]["keep_unchanged_pixels"] is False
     assert Image.open(out).size == photo.size
     kept = tmp_path / "kept.png"                       # lambda 1 changes no token: the photo itself
-    proc = subprocess.run(cmd[:cmd.index("--out") + 1] + [str(kept), "--lambda", "1", "--keep-unchanged-pixels"],
+    proc = subprocess.run(cmd[:cmd.index("--out") + 1] + [str(kept), "--hold-lambda", "1", "--keep-unchanged-pixels"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert np.array_equal(np.asarray(Image.open(kept).convert("RGB")), np.asarray(photo))
-    bad = subprocess.run(cmd[:-1] + ["--lambda", "2"], capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(cmd[:-1] + ["--hold-lambda", "2"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "lambda" in bad.stderr
 
 

@@ -12,13 +12,14 @@ from PIL import Image
 
 from editmgt.research.shapes import data
 from editmgt.research.shapes.checks import check_edit, has_shape, outside_l1
-from editmgt.research.shapes.eval import EvalSettings
+from editmgt.research.shapes.eval import EvalSettings, measured_settings
 
 CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-shapes"
 FOLDERS = ("editmgt", "text_encoder", "tokenizer", "llm_encoder", "vqvae", "scheduler")
 # The settings docs/SHAPES.md reports for this model.
-STEPS, GUIDANCE, GAMMA = EvalSettings.steps, EvalSettings.guidance, EvalSettings.gamma
-TEMPERATURE = EvalSettings.sample_temperature
+MEASURED = measured_settings()
+STEPS, GUIDANCE, GAMMA = MEASURED.steps, MEASURED.guidance, MEASURED.gamma
+TEMPERATURE = MEASURED.sample_temperature
 HOLD_LAMBDA = 0.8
 
 
@@ -139,51 +140,58 @@ def test_recipe_starts_as_the_shipped_run(tmp_path):
         assert first[key] == pytest.approx(want[key], abs=tolerance), key
 
 
-def test_app_defaults_are_the_eval_settings():
-    """The app samples tiny-shapes with the settings the measurement uses (guidance chosen
-    on the training split, the trained sampler length), so the demo shows the measured model."""
-    from editmgt_app.zoo import load_zoo
+def test_the_eval_measures_the_zoo_recommendation():
+    """The evaluation samples with the tiny-shapes zoo entry's recommended settings (the
+    app's, the CLI's and the batch jobs'), measured as the paper's method (every pixel through
+    the VQ); the sampler length is the one its training timesteps assume, the draw the one it
+    was trained with, and the app's lambda a lambda the report has a row for."""
+    from editmgt.train.objective import ObjectiveConfig
+    from editmgt.zoo import load_zoo
 
-    defaults = load_zoo(CHECKPOINT.parents[1] / "checkpoints.yaml")["tiny-shapes"].defaults
-    assert (defaults.steps, defaults.guidance, defaults.gamma) == (STEPS, GUIDANCE, GAMMA)
-    assert (defaults.smoothing, defaults.smoothing_strength) == (EvalSettings.smoothing,
-                                                                 EvalSettings.smoothing_strength)
-    assert defaults.sample_temperature == EvalSettings.sample_temperature
-    assert defaults.hold_lambda in EvalSettings.lambdas          # a lambda the report has a row for
-    assert defaults.keep_unchanged_pixels                        # measured with --keep-unchanged-pixels
+    recommended = load_zoo()["tiny-shapes"].settings
+    assert EvalSettings().edit == recommended.replace(keep_unchanged_pixels=False, negative_prompt="")
+    assert recommended.steps == ObjectiveConfig().sampling_steps
+    assert recommended.draw == "inverse-cdf" and recommended.sample_temperature == 0.25
+    assert recommended.hold_lambda in EvalSettings.lambdas
+    assert recommended.keep_unchanged_pixels                     # measured with --keep-unchanged-pixels
 
 
 def test_app_reads_the_locating_words_when_the_keyword_box_is_blank():
-    """The app's tiny-shapes entry names its keyword set, so a blank keyword box gives the
-    map the model was trained to produce; typed keywords win; the info says which were read."""
+    """The tiny-shapes entry's keyword rule gives the words the measurement's region-hold reads,
+    so a blank keyword box gives the map the model was trained to produce; typed keywords win;
+    the info says which were read."""
+    from editmgt.zoo import load_zoo
     from editmgt_app.loading import PipelineLoader
     from editmgt_app.manager import ModelManager
     from editmgt_app.service import EditService
-    from editmgt_app.zoo import load_zoo
 
-    zoo = load_zoo(CHECKPOINT.parents[1] / "checkpoints.yaml")
-    assert zoo["tiny-shapes"].defaults.keywords == EvalSettings.hold_rows
-    service = EditService(ModelManager(zoo, PipelineLoader()))
+    zoo = load_zoo()
     triple = fixed_colour_edit()
+    assert list(zoo["tiny-shapes"].keywords_for(triple.instruction)) == data.KEYWORD_SETS[EvalSettings.hold_rows](
+        triple.instruction)
+    service = EditService(ModelManager(zoo, PipelineLoader()))
     run = lambda **kw: service.edit(Image.fromarray(triple.source), triple.instruction, "tiny-shapes",  # noqa: E731
-                                    steps=4, hold_lambda=0.5, seed=0, **kw)
-    blank, typed = run(), run(keyword="green")
+                                    dict(steps=4, hold_lambda=0.5, **kw), seed=0)
+    blank, typed = run(), run(keywords="green")
     assert blank.info["keywords"] == ["circle", "red"]
     assert typed.info["keywords"] == ["green"]
     assert blank.info["changed_fraction"] != typed.info["changed_fraction"]
 
 
-def test_shapes_examples_offer_the_keywords_region_hold_reads():
-    """Each shapes example in the app fills the keyword box with the words the measurement's
-    region-hold reads (`EvalSettings.hold_rows`), and its picture is the held-out triple it names."""
+def test_shapes_examples_are_held_out_triples_the_keyword_rule_reads():
+    """Each shapes example in the app is the held-out triple it names, and the zoo's keyword
+    rule reads in it the words the measurement's region-hold reads (`EvalSettings.hold_rows`)."""
     import json
 
+    from editmgt.zoo import load_zoo
+
+    rule = load_zoo()["tiny-shapes"].keyword_rule
     folder = CHECKPOINT.parents[1] / "examples" / "shapes"
     examples = json.loads((folder / "examples.json").read_text())
     assert [e["kind"] for e in examples] == list(data.EDIT_KINDS)
     for i, example in enumerate(examples):
         words = data.KEYWORD_SETS[EvalSettings.hold_rows](example["instruction"])
-        assert example["keyword"] == ", ".join(words) and words
+        assert list(rule.pick(example["instruction"])) == words and words
         triple = data.make_triple(2026, i, "eval")
         assert triple.instruction == example["instruction"]
         assert np.array_equal(np.asarray(Image.open(folder / example["file"]).convert("RGB")), triple.source)
@@ -425,7 +433,7 @@ def test_eval_with_kept_pixels_leaks_less_and_edits_the_same_tokens(pipe):
     from editmgt.research.shapes.eval import evaluate, format_table
 
     runs = {keep: evaluate(CHECKPOINT, n=4, seed=3, pipe=pipe,
-                           settings=EvalSettings(steps=4, lambdas=(0.0, 0.5), keep_unchanged_pixels=keep))
+                           settings=EvalSettings(MEASURED.replace(steps=4, keep_unchanged_pixels=keep), lambdas=(0.0, 0.5)))
             for keep in (False, True)}
     plain, kept = runs[False].records, runs[True].records
     for a, b in zip(plain, kept):
@@ -482,7 +490,7 @@ def test_eval_hold_rows_change_the_hold_not_the_unheld_edit(pipe):
     from editmgt.research.shapes.eval import HOLD_ROWS, evaluate, keyword_row
 
     runs = {rows: evaluate(CHECKPOINT, n=4, seed=0, pipe=pipe,
-                           settings=EvalSettings(steps=4, lambdas=(0.0, 0.3), hold_rows=rows))
+                           settings=EvalSettings(MEASURED.replace(steps=4), lambdas=(0.0, 0.3), hold_rows=rows))
             for rows in HOLD_ROWS}
     assert set(runs) == {"all", "naming", "locating"}
     unheld = {rows: [r["l1"][0] for r in run.records] for rows, run in runs.items()}

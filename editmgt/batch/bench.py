@@ -7,6 +7,9 @@ local Ray, then runs the same `batch` once per worker count into its own run fol
 prints, per worker count: wall seconds of the whole job (actor start and model loading
 included), edits per second over the whole job, edits per second once the first edit came
 back (the steady rate), and the mean seconds one edit took inside its worker.
+
+As a benchmark tool, not a product path, it may use the research package's shapes data
+generator to make its synthetic manifest; the batch code itself does not import it.
 """
 
 from __future__ import annotations

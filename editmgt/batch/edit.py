@@ -64,14 +64,8 @@ def record_schema():
 
 
 def row_keywords(job: EditJob, instruction: str) -> Optional[tuple[str, ...]]:
-    """The words region-hold reads for this row: --keywords, else the model's keyword set."""
-    if job.settings.keywords:
-        return job.settings.keywords
-    if job.model.keyword_set:
-        from editmgt.research.shapes.data import KEYWORD_SETS
-
-        return tuple(KEYWORD_SETS[job.model.keyword_set](instruction or "")) or None
-    return None
+    """The words region-hold reads for this row: --keywords, else the model's keyword rule."""
+    return job.settings.keywords or job.model.keywords_for(instruction or "")
 
 
 def _png(image) -> bytes:

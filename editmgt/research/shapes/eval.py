@@ -51,6 +51,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -62,7 +63,7 @@ from editmgt.images import changed_alpha, keep_unchanged, to_tensor
 from editmgt.pipeline import micro_conditions
 from editmgt.research.shapes import data
 from editmgt.research.shapes.checks import check_edit, iou, l1_to, others_kept, outside_l1
-from editmgt.train.objective import ObjectiveConfig
+from editmgt.settings import EditSettings
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ CEILING = "true region (ceiling)"  # the IoU rows' name for region_scores
 # each keyword set of data.KEYWORD_SETS gives an IoU row "paper, <set> words", the paper
 # range's map read from those words' rows only, and can be the rows region-hold reads
 HOLD_ROWS = ("all", *data.KEYWORD_SETS)  # EvalSettings.hold_rows
+SHAPES_MODEL = "tiny-shapes"  # the zoo entry whose recommended settings the evaluation measures
 
 
 # ----------------------------------------------------------------------------- block ranges
@@ -141,35 +143,38 @@ def region_scores(mask: np.ndarray, token_grid: tuple[int, int], factor: int, sm
 
 # ----------------------------------------------------------------------------- evaluation
 
+@lru_cache(maxsize=1)
+def measured_settings() -> EditSettings:
+    """The edit settings the evaluation samples with: the tiny-shapes model's recommendation
+    (its zoo entry: the sampler length its training assumes, guidance, temperature and the
+    inverse-cdf draw chosen on the training split), measured as the paper's method, every
+    pixel decoded through the VQ (`--keep-unchanged-pixels` measures the product option),
+    with the empty negative prompt (the recipe trains both it and the default as null prompts)."""
+    from editmgt.zoo import load_zoo
+
+    return load_zoo()[SHAPES_MODEL].settings.replace(keep_unchanged_pixels=False, negative_prompt="")
+
+
 @dataclass
 class EvalSettings:
-    """Sampler settings of the evaluation (the tiny-shapes defaults)."""
+    """What the evaluation runs: one EditSettings, the lambda grid and the rows region-hold reads."""
 
-    # The step values the model was trained on (15 ... 0 for 16 steps): with fewer steps the first,
-    # all-masked step would carry the value training gave a partly visible canvas.
-    steps: int = ObjectiveConfig().sampling_steps
-    guidance: float = 1.0                 # chosen on the training split (docs/SHAPES.md)
-    gamma: float = 1.0
-    smoothing: str = "adaptive"
-    smoothing_strength: float = 1.0
-    negative_prompt: str = ""
+    edit: EditSettings = field(default_factory=measured_settings)
     lambdas: tuple[float, ...] = DEFAULT_LAMBDAS
-    # the sampler's token draw, softmax(logits / t): chosen on the training split (docs/SHAPES.md)
-    sample_temperature: float = 0.25
-    # the token draw the model was trained and measured with (same distribution as "released")
-    draw: str = "inverse-cdf"
     # the text rows region-hold's map reads: a keyword set of data.KEYWORD_SETS ("locating", the
     # words that find the edit: the paper's keyword set M of Eq. 3 and the rows the shapes
     # recipe grounds; "naming" adds the new colour or kind) or "all"; an instruction without
     # such words falls back to all rows
     hold_rows: str = "locating"
-    # the pipeline's keep_unchanged_pixels: the source's own pixels wherever no token changed,
-    # instead of their VQ round trip (a product option, not the paper's method)
-    keep_unchanged_pixels: bool = False
 
     def __post_init__(self) -> None:
         if self.hold_rows not in HOLD_ROWS:
             raise ValueError(f"unknown hold_rows {self.hold_rows!r}: use one of {HOLD_ROWS}")
+
+    def record(self) -> dict:
+        """JSON-friendly: the edit settings (but the lambda and keywords, set per edit), the grid and the rows."""
+        edit = {k: v for k, v in self.edit.as_dict().items() if k not in ("hold_lambda", "keywords")}
+        return {**edit, "lambdas": list(self.lambdas), "hold_rows": self.hold_rows}
 
 
 @dataclass
@@ -219,42 +224,36 @@ def evaluate(model_dir: str | Path, n: int = 300, seed: int = 0,
     from editmgt.pipeline import EditMGTPipeline
 
     settings = settings or EvalSettings()
+    edit = settings.edit
     pipe = pipe or EditMGTPipeline.from_pretrained(model_dir)
     cfg = pipe.transformer.config
     ranges = block_ranges(cfg.num_layers, cfg.num_single_layers, pipe.default_hold_blocks())
     lambdas = sorted(set(settings.lambdas) | {0.0, 1.0})   # the un-held edit and the reference
-    result = EvalResult(settings=dict(settings.__dict__, lambdas=lambdas, ranges=ranges, split=split))
+    result = EvalResult(settings=dict(settings.record(), lambdas=lambdas, ranges=ranges, split=split))
     size = data.IMAGE_SIZE
     t0 = time.time()
     for i in range(n):
         tr = data.make_triple(seed, i, split)
         keywords = {name: words_of(tr.instruction) for name, words_of in data.KEYWORD_SETS.items()}
         hold_words = keywords.get(settings.hold_rows) or None       # the keyword set M, or all rows
-        outs = pipe.sweep(Image.fromarray(tr.source), tr.instruction, lambdas, steps=settings.steps,
-                          guidance=settings.guidance, gamma=settings.gamma, keywords=hold_words,
-                          smoothing=settings.smoothing, smoothing_strength=settings.smoothing_strength,
-                          negative_prompt=settings.negative_prompt, seed=seed * 1_000_003 + i,
-                          size=size, sample_temperature=settings.sample_temperature, draw=settings.draw,
-                          keep_unchanged_pixels=settings.keep_unchanged_pixels)
+        outs = pipe.sweep(Image.fromarray(tr.source), tr.instruction, lambdas, edit, keywords=hold_words,
+                          seed=seed * 1_000_003 + i, size=size)
         recon = _to_uint8(pipe.vq.decode(outs[0].source_tokens[None])[0])
-        perfect, perfect_changed = perfect_edit(pipe, tr, outs[0].source_tokens, settings.keep_unchanged_pixels)
+        perfect, perfect_changed = perfect_edit(pipe, tr, outs[0].source_tokens, edit.keep_unchanged_pixels)
         images = [np.asarray(o.image.convert("RGB")) for o in outs]
         reference = images[lambdas.index(1.0)]                   # every token held: Figure 4's baseline
         scores = attention_scores(pipe, outs[0].edited_tokens, outs[0].source_tokens, tr.instruction,
-                                  ranges, settings.gamma, settings.smoothing,
-                                  settings.smoothing_strength, size)
+                                  ranges, edit.gamma, edit.smoothing, edit.smoothing_strength, size)
         for name, words in keywords.items():
             if words:
                 row = keyword_row(name)
                 scores[row] = attention_scores(
                     pipe, outs[0].edited_tokens, outs[0].source_tokens, tr.instruction,
-                    {row: ranges["paper"]}, settings.gamma, settings.smoothing,
-                    settings.smoothing_strength, size,
+                    {row: ranges["paper"]}, edit.gamma, edit.smoothing, edit.smoothing_strength, size,
                     rows=pipe.text.keyword_rows(tr.instruction, words))[row]
         scale = size // outs[0].edited_tokens.shape[0]
         scores[CEILING] = region_scores(tr.mask, tuple(outs[0].edited_tokens.shape),
-                                        cfg.downsample_factor, settings.smoothing,
-                                        settings.smoothing_strength)
+                                        cfg.downsample_factor, edit.smoothing, edit.smoothing_strength)
         ious = {}
         for name in [*ranges, *map(keyword_row, data.KEYWORD_SETS), CEILING]:
             if name not in scores:                                  # no such keyword: no such map
@@ -288,7 +287,7 @@ def evaluate(model_dir: str | Path, n: int = 300, seed: int = 0,
     result.summary = summarise(result.records, lambdas)
     result.summary["split"] = split
     result.summary["hold_rows"] = settings.hold_rows
-    result.summary["keep_unchanged_pixels"] = settings.keep_unchanged_pixels
+    result.summary["keep_unchanged_pixels"] = edit.keep_unchanged_pixels
     result.summary["seconds"] = round(time.time() - t0, 1)
     return result
 
@@ -461,10 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("runs/shapes-eval"),
                         help="folder for summary.json, records.json, the plot and example strips")
     defaults = EvalSettings()
-    parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--guidance", type=float, default=defaults.guidance)
-    parser.add_argument("--gamma", type=float, default=defaults.gamma)
-    parser.add_argument("--sample-temperature", type=float, default=defaults.sample_temperature,
+    parser.add_argument("--steps", type=int, default=defaults.edit.steps)
+    parser.add_argument("--guidance", type=float, default=defaults.edit.guidance)
+    parser.add_argument("--gamma", type=float, default=defaults.edit.gamma)
+    parser.add_argument("--sample-temperature", type=float, default=defaults.edit.sample_temperature,
                         help="the sampler draws each step's tokens from softmax(logits / t)")
     parser.add_argument("--hold-rows", choices=HOLD_ROWS, default=defaults.hold_rows,
                         help="text rows region-hold reads: the words that find the edit "
@@ -486,9 +485,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = EvalSettings(steps=args.steps, guidance=args.guidance, gamma=args.gamma,
-                            hold_rows=args.hold_rows, sample_temperature=args.sample_temperature,
-                            keep_unchanged_pixels=args.keep_unchanged_pixels)
+    edit = measured_settings().replace(steps=args.steps, guidance=args.guidance, gamma=args.gamma,
+                                       sample_temperature=args.sample_temperature,
+                                       keep_unchanged_pixels=args.keep_unchanged_pixels)
+    settings = EvalSettings(edit=edit, hold_rows=args.hold_rows)
     result = evaluate(args.model, args.n, args.seed, settings, save_examples=args.out / "examples",
                       split=args.split)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -50,15 +50,18 @@ import torch.nn.functional as F
 from editmgt.research.shapes import data
 from editmgt.research.shapes.checks import (STYLE_SATURATION, channel_spread, check_edit, erode, has_shape,
                                             untouched_shapes)
-from editmgt.research.shapes.eval import EvalSettings
+from editmgt.research.shapes.eval import measured_settings
+from editmgt.settings import EditSettings
 from editmgt.research.shapes.tokens import agreement_mask
 
 
 @torch.inference_mode()
 def text_stream_similarity(pipe, instruction: str, source: np.ndarray,
-                           steps: int = EvalSettings.steps) -> list[dict]:
+                           steps: Optional[int] = None) -> list[dict]:
     """Word-row cosine and norm of the text stream at the input and after every block, for
-    one instruction on an all-masked canvas with `source` (H, W, 3 uint8) as reference."""
+    one instruction on an all-masked canvas with `source` (H, W, 3 uint8) as reference;
+    `steps` sets the timestep (steps - 1), by default the eval's sampler length."""
+    steps = steps or measured_settings().steps
     model, text = pipe.transformer, pipe.text
     emb = text.encode([instruction])
     stream = text.llm if text.llm is not None else text.clip
@@ -109,9 +112,11 @@ def _encode(pipe, images: np.ndarray) -> torch.Tensor:
     return pipe.vq.encode(pixels.to(pipe.device)).cpu()
 
 
-def _first_step_logits(pipe, source_tokens: torch.Tensor, instructions: Sequence[str], steps: int) -> torch.Tensor:
+def _first_step_logits(pipe, source_tokens: torch.Tensor, instructions: Sequence[str],
+                       steps: Optional[int]) -> torch.Tensor:
     """(B, K, h, w) float logits of the sampler's first step: an all-masked canvas at timestep
     steps - 1, `source_tokens` (B, h, w) as reference, conditional branch only; on the CPU."""
+    steps = steps or measured_settings().steps
     model = pipe.transformer
     n, size = len(instructions), source_tokens.shape[-1] * pipe.vq.scale_factor
     emb = pipe.text.encode(list(instructions))
@@ -122,7 +127,7 @@ def _first_step_logits(pipe, source_tokens: torch.Tensor, instructions: Sequence
 
 
 @torch.inference_mode()
-def first_step_accuracy(pipe, triples: Sequence[data.EditTriple], steps: int = EvalSettings.steps,
+def first_step_accuracy(pipe, triples: Sequence[data.EditTriple], steps: Optional[int] = None,
                         batch_size: int = 35) -> dict:
     """Argmax accuracy on an all-masked canvas (timestep steps - 1, conditional branch only)
     on the tokens each edit changes and on those of the shapes it leaves alone; targets are
@@ -181,7 +186,7 @@ def swap_read_word(triple: data.EditTriple) -> Optional[data.EditTriple]:
 
 @torch.inference_mode()
 def new_word_reading(pipe, triples: Sequence[data.EditTriple], kind: str = "colour",
-                     steps: int = EvalSettings.steps) -> dict:
+                     steps: Optional[int] = None) -> dict:
     """First-step (all-masked, conditional) reading of the word that says what to draw, over
     the edits of `kind` among `triples` (`READ_WORDS`) that allow a swap: `kl`, the mean KL
     divergence between the predictions for the instruction and for the instruction with that
@@ -218,12 +223,13 @@ def _untouched_tokens(triple: data.EditTriple, factor: int) -> torch.Tensor:
 
 @torch.inference_mode()
 def keeping_through_sampling(pipe, triples: Sequence[data.EditTriple], guidance: float,
-                             settings: EvalSettings = EvalSettings(), seed: int = 0) -> list[dict]:
+                             settings: Optional[EditSettings] = None, seed: int = 0) -> list[dict]:
     """Per sampling step, over the untouched-shape tokens of every triple that has any:
     `committed` (share on the canvas after the step), `kept` (share of the committed ones
     equal to the source's token) and `predicted_kept` (share of the step's full prediction,
     after sampling, equal to it). Plain edits (lambda 0) at `guidance`, the other sampler
     settings from `settings`; seeds as in the eval command."""
+    settings = (settings or measured_settings()).replace(guidance=guidance)
     factor = pipe.vq.scale_factor
     counts = np.zeros((settings.steps, 3), np.int64)               # committed, kept, predicted kept
     total = 0
@@ -232,10 +238,8 @@ def keeping_through_sampling(pipe, triples: Sequence[data.EditTriple], guidance:
         if not where.any():
             continue
         traces: list[tuple[torch.Tensor, torch.Tensor]] = []
-        result = pipe.edit(triple.source, triple.instruction, steps=settings.steps, guidance=guidance,
-                           gamma=settings.gamma, negative_prompt=settings.negative_prompt,
-                           seed=seed * 1_000_003 + i, size=triple.source.shape[0],
-                           sample_temperature=settings.sample_temperature, draw=settings.draw,
+        result = pipe.edit(triple.source, triple.instruction, settings, hold_lambda=0.0, seed=seed * 1_000_003 + i,
+                           size=triple.source.shape[0],
                            callback=lambda t: traces.append((t.tokens[0].cpu(), t.predicted[0].cpu())))
         source = result.source_tokens
         total += int(where.sum())
@@ -257,13 +261,12 @@ def greyed(output: np.ndarray, triple: data.EditTriple) -> bool:
 Edit = Callable[[np.ndarray, str, int], np.ndarray]   # (source, instruction, seed) -> output
 
 
-def sampled_edit(pipe, settings: EvalSettings = EvalSettings()) -> Edit:
-    """An `Edit` that samples `pipe` at lambda 0 with the eval's settings."""
+def sampled_edit(pipe, settings: Optional[EditSettings] = None) -> Edit:
+    """An `Edit` that samples `pipe` at lambda 0 with the eval's settings (`measured_settings`)."""
+    settings = (settings or measured_settings()).replace(hold_lambda=0.0)
+
     def edit(source: np.ndarray, instruction: str, seed: int) -> np.ndarray:
-        result = pipe.edit(source, instruction, steps=settings.steps, guidance=settings.guidance,
-                           gamma=settings.gamma, negative_prompt=settings.negative_prompt, seed=seed,
-                           size=source.shape[0], sample_temperature=settings.sample_temperature,
-                           draw=settings.draw)
+        result = pipe.edit(source, instruction, settings, seed=seed, size=source.shape[0])
         return np.asarray(result.image.convert("RGB"))
     return edit
 
@@ -354,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="checkpoint folder (e.g. checkpoints/tiny-shapes)")
     parser.add_argument("--n", type=int, default=280, help="triples for the first-step accuracy")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--guidance", type=float, nargs="*", default=[1.0, EvalSettings.guidance],
+    parser.add_argument("--guidance", type=float, nargs="*", default=[1.0, measured_settings().guidance],
                         help="guidance scales for the keeping-through-sampling table")
     parser.add_argument("--n-sampled", type=int, default=56,
                         help="triples sampled for that table (those with untouched shapes count)")

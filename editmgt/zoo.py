@@ -1,5 +1,10 @@
 """The model zoo: read and validate `checkpoints.yaml`, and say where each entry's weights are.
 
+An entry names a model (its weights, its task, what pictures it knows), its recommended
+settings (an `EditSettings`, checked on reading by the same code that checks every edit),
+its working resolution and its keyword rule. The app, the command line (`python -m editmgt
+edit --model tiny-shapes`) and the batch jobs read it.
+
 Validation is strict and every message names the entry and the field, so a user who adds
 an entry for their own fine-tune learns exactly what to fix. Resolution (is this entry
 usable right now, and from where?) never downloads anything: it looks at overrides,
@@ -12,70 +17,45 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
+import threading
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import yaml
 
-from editmgt.research.shapes.data import KEYWORD_SETS
-from editmgt.sampling.sampler import MIN_SAMPLE_TEMPERATURE
+from editmgt.errors import InputError
+from editmgt.keywords import KeywordRule
+from editmgt.settings import EditSettings
 
 logger = logging.getLogger(__name__)
 
+ZOO_FILE = Path(__file__).resolve().parents[1] / "checkpoints.yaml"
 STAGES = ("1", "2", "3", "base", "untrained")
 TASKS = ("edit", "text-to-image")
+INPUTS = ("photos", "shapes")  # what pictures a model knows; "shapes": 64 px synthetic shapes scenes only
 ROLES = ("transformer", "vqvae", "text_encoder", "tokenizer", "llm_encoder", "scheduler")
 REQUIRED_ROLES = ("transformer", "vqvae", "text_encoder", "tokenizer", "scheduler")
 BUILTINS = ("tiny",)
-DEFAULT_KEYS = {
-    "steps": int,
-    "guidance": float,
-    "gamma": float,
-    "lambda": float,
-    "hold_blocks": list,
-    "smoothing": str,
-    "smoothing_strength": float,
-    "resolution": int,
-    "keywords": str,
-    "sample_temperature": float,
-    "keep_unchanged_pixels": bool,
-}
-ENTRY_KEYS = {"id", "label", "stage", "task", "masked_edit", "source", "components", "defaults",
-              "license", "size_gb", "description"}
-REQUIRED_ENTRY_KEYS = ("id", "label", "stage", "task", "source", "components", "defaults", "license",
-                       "size_gb", "description")
+ENTRY_KEYS = {"id", "label", "stage", "task", "inputs", "masked_edit", "source", "components", "settings",
+              "resolution", "keyword_rule", "license", "size_gb", "summary", "description"}
+REQUIRED_ENTRY_KEYS = ("id", "label", "stage", "task", "source", "components", "resolution", "license",
+                       "size_gb", "summary", "description")
+RESOLUTION_RANGE = (16, 4096)
 SOURCE_KEYS = {"repo", "revision", "path", "builtin", "env", "expected"}
+KEYWORD_RULE_KEYS = {"words", "first_of"}
 TOP_KEYS = {"version", "default_preference", "models"}
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _SUBFOLDER_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+_WORD_RE = re.compile(r"^[a-z0-9]+$")
 
 
 class ZooError(ValueError):
     """`checkpoints.yaml` is malformed; the message names the entry and field."""
-
-
-@dataclass(frozen=True)
-class Defaults:
-    """Recommended sampling settings of one model (the app's and the API's defaults)."""
-
-    steps: int = 16
-    guidance: float = 6.0
-    gamma: float = 1.1
-    hold_lambda: float = 0.0
-    hold_blocks: Optional[tuple[int, int]] = None  # inclusive range; None = the model's own
-    smoothing: str = "adaptive"
-    smoothing_strength: float = 1.0
-    resolution: int = 1024
-    # the words region-hold reads when the keyword box is blank: a keyword set of
-    # editmgt.research.shapes.data.KEYWORD_SETS (for models trained on that vocabulary); None = all rows
-    keywords: Optional[str] = None
-    # the sampler draws tokens from softmax(logits / t); 1 is the released sampler
-    sample_temperature: float = 1.0
-    # the photo's own pixels wherever no token changed, instead of their VQ round trip
-    keep_unchanged_pixels: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,15 +78,24 @@ class Entry:
     task: str
     source: Source
     components: dict  # role -> sub-folder or None
-    defaults: Defaults
+    settings: EditSettings  # the recommended settings (the app's, the API's and the command line's defaults)
+    resolution: int  # working size: about resolution x resolution pixels at the image's aspect
     license: str
     size_gb: float
+    summary: str  # one line: what the model can do (shown beside the app's model picker)
     description: str
+    keyword_rule: Optional[KeywordRule] = None  # words region-hold reads when no keywords are given; None: all
+    inputs: str = "photos"  # one of INPUTS
     masked_edit: bool = False
 
     @property
     def size_bytes(self) -> int:
         return int(self.size_gb * 1024**3)
+
+    def keywords_for(self, instruction: str) -> Optional[tuple[str, ...]]:
+        """The words region-hold reads when no keywords are given: the keyword rule's words of
+        `instruction`, or None (every text row) without a rule or when it picks none."""
+        return (self.keyword_rule.pick(instruction) or None) if self.keyword_rule else None
 
 
 @dataclass(frozen=True)
@@ -204,7 +193,7 @@ def _resolve_hub(entry: Entry, repo: str, revision: Optional[str], via: str, hub
 # ---------------------------------------------------------------------------- loading
 
 
-def load_zoo(path: Path | str, overrides: Optional[dict[str, str]] = None) -> Zoo:
+def load_zoo(path: Path | str = ZOO_FILE, overrides: Optional[dict[str, str]] = None) -> Zoo:
     """Read and validate a zoo file; `overrides` maps id -> SRC (from --checkpoint)."""
     path = Path(path)
     try:
@@ -289,6 +278,15 @@ def parse_entry(item: Any, where: str) -> Entry:
     size_gb = float(_field(item, "size_gb", (int, float), where))
     if size_gb <= 0:
         raise ZooError(f"{where}: field 'size_gb' must be positive, got {size_gb}")
+    resolution = _field(item, "resolution", int, where)
+    if not RESOLUTION_RANGE[0] <= resolution <= RESOLUTION_RANGE[1]:
+        raise ZooError(f"{where}: field 'resolution' must be in {list(RESOLUTION_RANGE)}, got {resolution}")
+    inputs = _field(item, "inputs", str, where, required=False) or "photos"
+    if inputs not in INPUTS:
+        raise ZooError(f"{where}: field 'inputs' must be one of {list(INPUTS)}, got {inputs!r}")
+    summary = _field(item, "summary", str, where)
+    if "\n" in summary.strip():
+        raise ZooError(f"{where}: field 'summary' must be one line (the model picker shows it)")
     return Entry(
         id=model_id,
         label=_field(item, "label", str, where),
@@ -296,10 +294,14 @@ def parse_entry(item: Any, where: str) -> Entry:
         task=task,
         source=_parse_source(item["source"], f"{where}: source"),
         components=_parse_components(item["components"], f"{where}: components"),
-        defaults=_parse_defaults(item["defaults"], f"{where}: defaults"),
+        settings=_parse_settings(item.get("settings"), f"{where}: settings"),
+        resolution=resolution,
         license=_field(item, "license", str, where),
         size_gb=size_gb,
+        summary=summary.strip(),
         description=_field(item, "description", str, where),
+        keyword_rule=_parse_keyword_rule(item.get("keyword_rule"), f"{where}: keyword_rule"),
+        inputs=inputs,
         masked_edit=bool(_field(item, "masked_edit", bool, where, required=False) or False),
     )
 
@@ -350,45 +352,43 @@ def _parse_components(raw: Any, where: str) -> dict:
     return out
 
 
-def _parse_defaults(raw: Any, where: str) -> Defaults:
+def _parse_settings(raw: Any, where: str) -> EditSettings:
+    """The entry's recommended settings: `EditSettings` with the values given (field names
+    and limits are EditSettings' own); a ZooError naming the entry, the field and the limit."""
+    if raw is None:
+        return EditSettings()
     if not isinstance(raw, dict):
-        raise ZooError(f"{where}: must be a mapping")
-    _no_unknown(raw, set(DEFAULT_KEYS), where)
-    values = {}
-    for key, kind in DEFAULT_KEYS.items():
-        if raw.get(key) is None:
-            continue
-        types = (int, float) if kind is float else kind
-        values[key] = _field(raw, key, types, where)
-    base = Defaults()
-    hold = values.get("hold_blocks")
-    if hold is not None:
-        if len(hold) != 2 or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in hold) \
-                or hold[0] > hold[1]:
-            raise ZooError(f"{where}: field 'hold_blocks' must be [first, last] block indices, got {hold!r}")
-        hold = (hold[0], hold[1])
-    checks = [("steps", 1, 256), ("guidance", 0.0, 50.0), ("gamma", 0.0, 10.0), ("lambda", 0.0, 1.0),
-              ("smoothing_strength", 0.0, 10.0), ("resolution", 16, 4096),
-              ("sample_temperature", MIN_SAMPLE_TEMPERATURE, 10.0)]
-    for key, low, high in checks:
-        if key in values and not low <= values[key] <= high:
-            raise ZooError(f"{where}: field '{key}' must be in [{low}, {high}], got {values[key]}")
-    if values.get("keywords") not in (None, *KEYWORD_SETS):
-        raise ZooError(f"{where}: field 'keywords' must be one of {', '.join(KEYWORD_SETS)}, "
-                       f"got {values['keywords']!r}")
-    return Defaults(
-        steps=values.get("steps", base.steps),
-        guidance=float(values.get("guidance", base.guidance)),
-        gamma=float(values.get("gamma", base.gamma)),
-        hold_lambda=float(values.get("lambda", base.hold_lambda)),
-        hold_blocks=hold,
-        smoothing=values.get("smoothing", base.smoothing),
-        smoothing_strength=float(values.get("smoothing_strength", base.smoothing_strength)),
-        resolution=values.get("resolution", base.resolution),
-        keywords=values.get("keywords"),
-        sample_temperature=float(values.get("sample_temperature", base.sample_temperature)),
-        keep_unchanged_pixels=values.get("keep_unchanged_pixels", base.keep_unchanged_pixels),
-    )
+        raise ZooError(f"{where}: must be a mapping of setting names to values")
+    try:
+        return EditSettings().replace(**raw)
+    except InputError as err:
+        raise ZooError(f"{where}: {err}") from None
+
+
+def _parse_keyword_rule(raw: Any, where: str) -> Optional[KeywordRule]:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ZooError(f"{where}: must be a mapping with 'words' (and optionally 'first_of')")
+    _no_unknown(raw, KEYWORD_RULE_KEYS, where)
+    words = _word_list(raw.get("words"), f"{where}: words")
+    groups = raw.get("first_of") or []
+    if not isinstance(groups, list):
+        raise ZooError(f"{where}: field 'first_of' must be a list of word lists")
+    first_of = tuple(frozenset(_word_list(g, f"{where}: first_of[{i}]")) for i, g in enumerate(groups))
+    try:
+        return KeywordRule(frozenset(words), first_of)
+    except ValueError as err:
+        raise ZooError(f"{where}: {err}") from None
+
+
+def _word_list(raw: Any, where: str) -> list[str]:
+    if not isinstance(raw, list) or not raw:
+        raise ZooError(f"{where}: must be a non-empty list of words")
+    bad = [w for w in raw if not isinstance(w, str) or not _WORD_RE.match(w)]
+    if bad:
+        raise ZooError(f"{where}: words must be single lower-case words (letters and digits), got {bad!r}")
+    return list(raw)
 
 
 def parse_checkpoint_flags(flags: list[str]) -> dict[str, str]:
@@ -409,3 +409,41 @@ def choose_default(zoo: Zoo, resolve: Callable[[str], Resolved]) -> str:
         if model_id in zoo.entries and resolve(model_id).available:
             return model_id
     raise ZooError("no model in the zoo is available (not even the built-in tiny model)")
+
+
+# ---------------------------------------------------------------------------- where weights are
+
+
+def hub_reachable() -> bool:
+    """Whether huggingface.co answers within 2 s; False at once when HF_HUB_OFFLINE is set.
+    Asked once per process (the answer is kept)."""
+    from editmgt.hub import hub_offline
+
+    return not hub_offline() and _hub_answers()
+
+
+@lru_cache(maxsize=1)
+def _hub_answers() -> bool:
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=2.0):
+            return True
+    except OSError:
+        return False
+
+
+def cache_dir() -> Path:
+    """Where built-in models are written: $EDITMGT_CACHE or ~/.cache/editmgt."""
+    return Path(os.environ.get("EDITMGT_CACHE", Path.home() / ".cache" / "editmgt")).expanduser()
+
+
+_build_lock = threading.Lock()
+
+
+def builtin_folder(name: str) -> Path:
+    """The folder of a built-in model, built on first use (later calls reuse the build)."""
+    if name not in BUILTINS:
+        raise ValueError(f"unknown built-in model {name!r}")
+    from editmgt.tiny import make_tiny_checkpoint
+
+    with _build_lock:
+        return make_tiny_checkpoint(cache_dir() / "tiny-seed0", seed=0)

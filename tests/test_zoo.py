@@ -1,5 +1,6 @@
-"""checkpoints.yaml: the shipped file validates, and each kind of mistake is reported with
-the entry and the field."""
+"""checkpoints.yaml (`editmgt.zoo`): the shipped file validates, each kind of mistake is
+reported with the entry and the field (settings by EditSettings' own checks), and the
+keyword rule gives what the shapes research code's `locating_words` gives."""
 
 import copy
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from editmgt_app.zoo import ZooError, choose_default, load_zoo, parse_checkpoint_flags, parse_zoo
+from editmgt.zoo import INPUTS, ZooError, choose_default, load_zoo, parse_checkpoint_flags, parse_zoo
 
 ROOT = Path(__file__).resolve().parent.parent
 RAW = yaml.safe_load((ROOT / "checkpoints.yaml").read_text())
@@ -83,15 +84,28 @@ def _broken(mutate):
     (lambda r: _entry(r, "tiny").update(stage=7), r"id 'tiny'.*field 'stage' must be one of"),
     (lambda r: _entry(r, "tiny").update(task="inpaint"), r"field 'task' must be one of"),
     (lambda r: _entry(r, "tiny").pop("license"), r"id 'tiny'.*field 'license' is missing"),
-    (lambda r: _entry(r, "tiny")["defaults"].update(steps=0), r"defaults: field 'steps' must be in \[1, 256\]"),
-    (lambda r: _entry(r, "tiny")["defaults"].update(hold_blocks=[5, 2]), r"field 'hold_blocks' must be"),
-    (lambda r: _entry(r, "tiny")["defaults"].update(sample_temperature=0.0),
-     r"defaults: field 'sample_temperature' must be in \[0.01, 10.0\]"),
-    (lambda r: _entry(r, "tiny")["defaults"].update(lamda=0.2), r"defaults: unknown key\(s\) \['lamda'\]"),
-    (lambda r: _entry(r, "tiny")["defaults"].update(keep_unchanged_pixels="yes"),
-     r"defaults: field 'keep_unchanged_pixels' must be"),
-    (lambda r: _entry(r, "tiny")["defaults"].update(keywords="verbs"),
-     r"defaults: field 'keywords' must be one of naming, locating, got 'verbs'"),
+    (lambda r: _entry(r, "tiny")["settings"].update(steps=0),
+     r"id 'tiny'.*settings: steps must be an integer in \[1, 100\], got 0"),
+    (lambda r: _entry(r, "editmgt")["settings"].update(guidance=30),
+     r"id 'editmgt'.*settings: guidance must be a number in \[0.0, 20.0\], got 30"),
+    (lambda r: _entry(r, "tiny")["settings"].update(hold_blocks=[5, 2]), r"settings: hold_blocks: the first block \(5\)"),
+    (lambda r: _entry(r, "tiny")["settings"].update(sample_temperature=0.0),
+     r"settings: sample_temperature must be a number in \[0.01, 5.0\]"),
+    (lambda r: _entry(r, "tiny")["settings"].update(draw="fast"), r"settings: draw must be one of \['released'"),
+    (lambda r: _entry(r, "tiny")["settings"].update(lamda=0.2), r"settings: unknown setting\(s\) \['lamda'\]"),
+    (lambda r: _entry(r, "tiny")["settings"].update(keep_unchanged_pixels="yes"),
+     r"settings: keep_unchanged_pixels must be true or false"),
+    (lambda r: _entry(r, "tiny").update(settings=[1]), r"settings: must be a mapping"),
+    (lambda r: _entry(r, "tiny").update(resolution=8), r"field 'resolution' must be in \[16, 4096\], got 8"),
+    (lambda r: _entry(r, "tiny").pop("resolution"), r"field 'resolution' is missing"),
+    (lambda r: _entry(r, "tiny").update(inputs="videos"), r"field 'inputs' must be one of \['photos', 'shapes'\]"),
+    (lambda r: _entry(r, "tiny").pop("summary"), r"id 'tiny'.*field 'summary' is missing"),
+    (lambda r: _entry(r, "tiny").update(summary="two\nlines"), r"field 'summary' must be one line"),
+    (lambda r: _entry(r, "tiny").update(keyword_rule="locating"), r"keyword_rule: must be a mapping"),
+    (lambda r: _entry(r, "tiny").update(keyword_rule={"words": ["Red"]}), r"keyword_rule: words: words must be"),
+    (lambda r: _entry(r, "tiny").update(keyword_rule={"words": ["red"], "first_of": [["red", "blue"]]}),
+     r"first_of names words that are not among the words: \['blue'\]"),
+    (lambda r: _entry(r, "tiny").update(keyword_rule={"words": ["red"], "verbs": []}), r"unknown key\(s\) \['verbs'\]"),
     (lambda r: _entry(r, "tiny")["source"].update(repo="a/b"), r"only one of repo, path, builtin"),
     (lambda r: _entry(r, "editmgt")["source"].update(repo="not a repo"), r"field 'repo' must look like owner/name"),
     (lambda r: r.update(extra=1), r"unknown key\(s\) \['extra'\]"),
@@ -120,6 +134,25 @@ def test_bad_yaml_is_reported(tmp_path):
         load_zoo(path)
 
 
+def test_recommended_settings_are_edit_settings():
+    """An entry's settings are an EditSettings with the yaml's values and EditSettings' defaults
+    for the rest; resolution and the keyword rule are entry fields."""
+    from editmgt.settings import EditSettings
+
+    zoo = load_zoo()
+    shapes = zoo["tiny-shapes"]
+    assert isinstance(shapes.settings, EditSettings)
+    assert (shapes.settings.guidance, shapes.settings.hold_lambda, shapes.settings.draw) == (1.0, 0.1, "inverse-cdf")
+    assert shapes.settings.smoothing == EditSettings().smoothing and shapes.resolution == 64
+    assert shapes.inputs == "shapes" and zoo["editmgt"].inputs == "photos"
+    assert zoo["editmgt"].settings.hold_blocks == (28, 36) and zoo["editmgt"].keyword_rule is None
+    assert shapes.keywords_for("make the red circle blue") == ("circle", "red")
+    assert shapes.keywords_for("make it black and white") == ("black", "white")
+    assert shapes.keywords_for("make the cat black") == ("black",)
+    assert shapes.keywords_for("hello") is None and zoo["tiny"].keywords_for("make the red circle blue") is None
+    assert all(e.summary and "\n" not in e.summary for e in zoo.entries.values())
+
+
 def test_examples_are_real_files_with_licences():
     from PIL import Image
 
@@ -128,6 +161,7 @@ def test_examples_are_real_files_with_licences():
     examples = load_examples()
     kinds = {Path(e["path"]).parent.name for e in examples}
     assert kinds == {"examples", "shapes"}, "photos and the shapes scenes are both offered"
+    assert {e["inputs"] for e in examples} == set(INPUTS)
     for e in examples:
         assert e["instruction"].strip() and e["license"].strip()
         with Image.open(e["path"]) as im:
