@@ -6,8 +6,10 @@ benchmark and the evaluation build it; none of them lists a default or a limit a
 value out of range raises `InputError` with the setting's name, the allowed range and the
 value given.
 
-Adding a setting: add a field here (default, limits, help text), use it where it acts
-(the sampler or the pipeline), and give it one control in the app (`editmgt_app/ui.py`).
+Adding a setting: add a field here (default, limits, help text) and use it where it acts
+(the sampler or the pipeline). The app's control, the API's and MCP's arguments, the zoo's
+validation and the command lines' flags follow from the field; `editmgt_app/controls.py`
+changes only for a type no control shows yet (docs/ARCHITECTURE.md, "Adding a setting").
 """
 
 from __future__ import annotations

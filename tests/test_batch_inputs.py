@@ -210,7 +210,7 @@ DOC = REPO_ROOT / "docs" / "BATCH.md"
 def test_batch_doc_states_the_pins_the_code_uses():
     from editmgt.batch import metrics
     from editmgt.batch.score import BENCHMARKS
-    from editmgt_app.zoo import load_zoo
+    from editmgt.zoo import load_zoo
 
     released = load_zoo(REPO_ROOT / "checkpoints.yaml")["editmgt"].source.revision  # the pinned checkpoint
 
