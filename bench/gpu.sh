@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Issue 4's GPU benchmark as one command: about 3-4 minutes on one H100 / H200, hard stop
+# The GPU benchmark as one command: about 3-4 minutes on one H100 / H200, hard stop
 # at 290 s (the bench skips modes left after 230 s; its JSON is rewritten after each mode).
 #
 #   bash bench/gpu.sh            # results in $OUT when set, else bench/out/
 #
 # Full-size random-weight stack in bf16: the released transformer and VQ configs, CLIP
 # ViT-H/14-text + Gemma2-2B configs (random weights, no download), 1024 x 1024, 16 steps,
-# guidance 6, gamma 1.1, 5 timed runs after 1 warm-up per mode; all six modes, then a
+# guidance 6, gamma 1.1, 5 timed runs after 1 warm-up per mode; every mode, then a
 # torch.profiler summary of one region-hold loop (host-sync count). Prints the table.
 set -euo pipefail
 cd "$(dirname "$0")/.."

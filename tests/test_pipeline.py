@@ -1,4 +1,4 @@
-"""End-to-end properties of EditMGTPipeline on the tiny random checkpoint (issue 2)."""
+"""End-to-end properties of EditMGTPipeline on the tiny random checkpoint."""
 
 from __future__ import annotations
 
