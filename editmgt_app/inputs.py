@@ -14,7 +14,6 @@ from PIL import Image
 
 from editmgt.errors import InputError
 from editmgt.images import check_aspect_ratio, open_image, to_rgb
-from editmgt.settings import MAX_TEXT_CHARS as MAX_INSTRUCTION_CHARS  # noqa: F401 - the page's text boxes
 from editmgt.settings import check_number, spec
 
 logger = logging.getLogger(__name__)

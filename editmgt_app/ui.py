@@ -34,7 +34,7 @@ from editmgt import settings
 from editmgt.errors import InputError
 from editmgt_app import controls, plots
 from editmgt_app.controls import json_input
-from editmgt_app.inputs import MAX_INSTRUCTION_CHARS, MAX_UPLOAD_MB, mask_from_editor, parse_lambdas
+from editmgt_app.inputs import MAX_UPLOAD_MB, mask_from_editor, parse_lambdas
 from editmgt_app.manager import ModelLoadError, ModelUnavailable
 from editmgt_app.service import DEFAULT_SWEEP, GENERATE_SETTINGS, EditService, OutOfMemory
 
@@ -318,7 +318,7 @@ def edit_tab(text: PageText, default_model: str, default_8bit: bool) -> EditTab:
             image = checked_image(label="Photo (upload, paste or webcam)", sources=["upload", "clipboard", "webcam"],
                                   elem_id="source-image", height=320)
             instruction = gr.Textbox(label="Instruction", placeholder="make the cat black", lines=2,
-                                     max_length=MAX_INSTRUCTION_CHARS, elem_id="instruction")
+                                     max_length=settings.MAX_TEXT_CHARS, elem_id="instruction")
             with gr.Row():
                 model = gr.Dropdown(choices=text.choices(), value=default_model, label="Model", elem_id="model",
                                     scale=3)
@@ -392,7 +392,7 @@ def generate_tab(text: PageText, default_model: str) -> GenerateTab:
     entry = text.zoo[default_model]
     with gr.Row():
         with gr.Column():
-            prompt = gr.Textbox(label="Prompt", lines=2, max_length=MAX_INSTRUCTION_CHARS, elem_id="prompt")
+            prompt = gr.Textbox(label="Prompt", lines=2, max_length=settings.MAX_TEXT_CHARS, elem_id="prompt")
             model = gr.Dropdown(choices=text.choices(), value=default_model, label="Model", elem_id="t2i-model")
             with gr.Accordion("Settings", open=False):
                 controls_ = {name: controls.page_control(name, getattr(entry.settings, name), "t2i-setting-")

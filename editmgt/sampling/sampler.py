@@ -29,10 +29,9 @@ from torch import Tensor
 
 from editmgt.errors import InputError
 from editmgt.sampling.schedule import SCHEDULES, remask_count
-from editmgt.settings import DRAWS, spec
+from editmgt.settings import DRAWS
 
 _TINY = 1e-20
-MIN_SAMPLE_TEMPERATURE = spec("sample_temperature")["low"]  # the app's imports; they move to EditSettings
 
 
 @dataclass
