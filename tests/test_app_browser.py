@@ -146,6 +146,11 @@ def test_a_newcomers_path(url, tmp_path):
             page.get_by_role("tab", name="Models").click()
             table = page.locator("#models-table")
             table.get_by_text("tiny-shapes").first.wait_for(timeout=30_000)
+            # the table may still be refreshing after the last run (a timer shows): wait for its rows
+            page.wait_for_function(
+                """() => { const t = document.querySelector('#models-table').innerText;
+                           return ['unavailable', 'synthetic shapes scenes', 'ready'].every(w => t.includes(w)); }""",
+                timeout=30_000)
             text = table.inner_text()
             assert "unavailable" in text and "synthetic shapes scenes" in text and "ready" in text
             _save(page, tmp_path, "screenshot-models.png")
