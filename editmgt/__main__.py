@@ -23,7 +23,6 @@ from editmgt.errors import EditMGTError
 
 logger = logging.getLogger("editmgt")
 
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     from editmgt.batch.cli import add_batch_parser, add_score_parser, add_settings_flags
+    from editmgt.pipeline import DTYPES
 
     edit = commands.add_parser("edit", help="edit one image with an instruction",
                                description="Edit one image. Settings default to the model's recommendation "
@@ -58,13 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
 def run_edit(args: argparse.Namespace) -> dict:
     """Check the inputs, resolve and load the model (the local Hub cache only when the Hub is
     unreachable or HF_HUB_OFFLINE is set), edit, save; the summary as a dict."""
-    import torch
     from PIL import Image
 
     from editmgt.batch.cli import settings_from_args
     from editmgt.batch.models import resolve_model
     from editmgt.images import load_image, load_mask
-    from editmgt.pipeline import EditMGTPipeline
+    from editmgt.pipeline import DTYPES, EditMGTPipeline
     from editmgt.settings import check_text
     from editmgt.zoo import hub_reachable
 
@@ -77,7 +76,7 @@ def run_edit(args: argparse.Namespace) -> dict:
     settings = settings.replace(keywords=settings.keywords or model.keywords_for(instruction))
     from_folder = Path(model.location).is_dir()
     pipe = EditMGTPipeline.from_pretrained(
-        model.location, revision=model.revision, device=args.device, dtype=getattr(torch, DTYPES[args.dtype]),
+        model.location, revision=model.revision, device=args.device, dtype=DTYPES[args.dtype],
         resolution=model.resolution, local_files_only=None if from_folder else not hub_reachable(),
     )
     result = pipe.edit(image, instruction, settings, seed=args.seed, mask=args.mask, size=args.size)

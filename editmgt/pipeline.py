@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 PIPELINE_CONFIG_FILE = "editmgt_pipeline.json"  # optional, non-standard: {"resolution": 512}
 AESTHETIC_SCORE = 6  # the micro-condition the released model was sampled with
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # the command lines' --dtype
 
 SeedLike = Union[int, torch.Generator, None]
 ImageLike = Union[str, Path, bytes, Image.Image, np.ndarray]

@@ -83,7 +83,7 @@ def parse_lambdas(text: str) -> list[float]:
 
 # ---------------------------------------------------------------------- batch
 def add_batch_parser(commands) -> argparse.ArgumentParser:
-    from editmgt.batch.edit import DTYPES
+    from editmgt.pipeline import DTYPES
     from editmgt.batch.inputs import PRESETS
 
     parser = commands.add_parser("batch", help="edit a manifest or a benchmark dataset on Ray Data",

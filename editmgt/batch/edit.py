@@ -23,7 +23,6 @@ from editmgt.settings import MAX_SEED, EditSettings
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def row_seed(base_seed: int, row_id: str) -> int:
@@ -123,13 +122,13 @@ class EditWorker:
         import torch
 
         from editmgt.batch.execution import use_assigned_cpus
-        from editmgt.pipeline import EditMGTPipeline
+        from editmgt.pipeline import DTYPES, EditMGTPipeline
 
         use_assigned_cpus()
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.job = job
         self.pipe = EditMGTPipeline.from_pretrained(job.model.location, revision=job.model.revision, device=device,
-                                                    dtype=getattr(torch, DTYPES[job.dtype]),
+                                                    dtype=DTYPES[job.dtype],
                                                     resolution=job.model.resolution)
 
     def __call__(self, batch):
